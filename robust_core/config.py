@@ -1,0 +1,258 @@
+"""Typed run configuration: data, model, method, train.
+
+Flow: defaults (here, and in each method's ``Params``) <- YAML file <- ``--set key=value`` overrides, then one
+validation that rejects unknown keys and lists every problem at once. ``robust_core`` code only ever sees the
+frozen ``RunConfig``; raw dicts stop at ``load_run_config``.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from typing_extensions import Annotated
+
+from robust_core.registry import DATASETS, METHODS, MODELS, UnknownNameError
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid; ``problems`` holds one line per problem, each naming its key."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source} is invalid ({len(problems)} problem{'s' * (len(problems) != 1)}):\n{lines}")
+
+
+def parse_number(v: Any) -> Any:
+    """Accept ``8/255``-style fractions and plain numeric strings; everything else is left to pydantic."""
+    if isinstance(v, str):
+        s = v.strip()
+        if re.fullmatch(r"[-+]?\d+(\.\d*)?\s*/\s*\d+(\.\d*)?", s):
+            num, den = (float(t) for t in s.split("/"))
+            return num / den
+        try:
+            return float(Fraction(s)) if re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?", s, re.I) else v
+        except (ValueError, ZeroDivisionError):
+            return v
+    return v
+
+
+Number = Annotated[float, BeforeValidator(parse_number)]
+"""A float that may be written as a fraction (``eps: 8/255``); parsed once, here."""
+
+
+class Strict(BaseModel):
+    """Base for every config object: unknown keys are errors, objects are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Strict):
+    name: str = "mnist5k"
+    root: str = "./data"  # where torchvision datasets are read from / downloaded to
+    download: bool = True  # try to download when the files are missing (fails clearly when offline)
+    n_val: int = Field(500, ge=1)  # validation examples carved from the training set (class-balanced)
+    n_labeled: int | None = Field(None, ge=1)  # None: supervised on all of train; N: N labels, rest unlabeled
+    split_seed: int = 0  # seeds the val / labeled / unlabeled split (numpy PCG64: same on every machine)
+
+
+class ModelConfig(Strict):
+    name: str = "mlp"
+    params: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the registered model
+
+
+class MethodConfig(Strict):
+    name: str = "mle"
+    params: dict[str, Any] = Field(default_factory=dict)  # fields of the method's ``Params`` class
+
+    def typed_params(self):
+        return METHODS.get(self.name).Params.model_validate(self.params)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1)  # None: one pass over the largest training pool
+    batch_size: int = Field(64, ge=1)  # labeled examples per step
+    unlabeled_batch_size: int = Field(128, ge=1)  # unlabeled examples per step (semi-supervised methods)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum, or Adam beta1
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)  # decoupled from lr for Adam (AdamW), coupled for SGD
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    decay_start: float = Field(0.5, ge=0, lt=1)  # fraction of all steps after which the lr starts to decay
+    grad_clip: float | None = Field(None, gt=0)  # max global grad norm
+    seed: int = 0  # initialisation, batch order, method randomness
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype; fp16 adds a gradient scaler (CUDA only)
+    deterministic: bool = True
+    eval_batch_size: int = Field(1000, ge=1)
+
+
+class RunConfig(Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _check_names_and_params(self) -> "RunConfig":
+        problems: list[str] = []
+        for key, registry, name in (
+            ("data.name", DATASETS, self.data.name),
+            ("model.name", MODELS, self.model.name),
+            ("method.name", METHODS, self.method.name),
+        ):
+            try:
+                registry.get(name)
+            except UnknownNameError as e:
+                problems.append(f"{key}: {e}")
+        if self.method.name in METHODS:
+            try:
+                self.method.typed_params()
+            except ValidationError as e:
+                problems += _format_errors(e, prefix="method.params")
+        if self.model.name in MODELS:
+            problems += _check_kwargs(MODELS.get(self.model.name), self.model.params, "model.params")
+        if self.data.name in DATASETS and self.data.n_labeled is not None:
+            k = DATASETS.get(self.data.name).info.num_classes
+            if self.data.n_labeled % k:
+                problems.append(
+                    f"data.n_labeled: {self.data.n_labeled} labels cannot be balanced over {k} classes; "
+                    f"use a multiple of {k}"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """Stable hash of the resolved config (identifies a run for reuse and lineage)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def flat(self) -> dict[str, Any]:
+        return flatten(self.to_dict())
+
+
+def _check_kwargs(factory: Any, params: Mapping[str, Any], prefix: str) -> list[str]:
+    import inspect
+
+    sig = inspect.signature(factory)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return []
+    allowed = [n for n in sig.parameters if n != "info"]
+    bad = [k for k in params if k not in allowed]
+    return [f"{prefix}.{k}: unknown parameter; {factory.__name__} accepts {', '.join(allowed) or 'none'}" for k in bad]
+
+
+def _format_errors(err: ValidationError, prefix: str = "") -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        key = ".".join(p for p in (prefix, loc) if p)
+        if e["type"] == "extra_forbidden":
+            out.append(f"{key}: unknown key (check the spelling)")
+        elif e["type"] == "value_error" and "\n" in str(e.get("ctx", {}).get("error", "")):
+            out += [line for line in str(e["ctx"]["error"]).splitlines()]
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else ""
+            out.append(f"{key}: {msg}{got}")
+    return out
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def set_path(d: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict, creating intermediate dicts."""
+    keys = path.split(".")
+    cur = d
+    for k in keys[:-1]:
+        nxt = cur.get(k)
+        if nxt is None:
+            nxt = cur[k] = {}
+        elif not isinstance(nxt, dict):
+            raise ConfigError([f"{path}: {k!r} is a value, not a section"])
+        cur = nxt
+    cur[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["train.lr=0.01", "method.params.eps=8/255"]`` -> nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    problems = []
+    for pair in pairs or []:
+        if "=" not in pair:
+            problems.append(f"override {pair!r}: expected key=value, e.g. train.lr=0.01")
+            continue
+        key, raw = pair.split("=", 1)
+        set_path(out, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    if problems:
+        raise ConfigError(problems, "command line")
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"{p}: no such file"], str(p))
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{p}: not valid YAML: {e}"], str(p)) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{p}: top level must be a mapping, got {type(data).__name__}"], str(p))
+    return data
+
+
+def build_run_config(raw: Mapping[str, Any], source: str = "run config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(dict(raw))
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e), source) from None
+
+
+def load_run_config(
+    path: str | Path | None = None,
+    overrides: list[str] | Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    raw: dict[str, Any] = dict(base or {})
+    if path is not None:
+        raw = deep_merge(raw, read_yaml(path))
+    over = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    raw = deep_merge(raw, over)
+    return build_run_config(raw, str(path) if path else "run config")
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

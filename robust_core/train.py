@@ -1,0 +1,244 @@
+"""``fit``: the one training loop. Every entry point (local trial, Ray Tune trial, final retrain) calls it.
+
+It owns seeding, data batching, optimiser and schedule, AMP, train/eval modes, per-epoch validation, checkpoints
+(model, method modules, optimiser, scheduler, scaler, samplers and every RNG, so a resumed run continues exactly as
+an uninterrupted one) and reporting. A method only turns a batch into a loss.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robust_core.config import RunConfig
+from robust_core.data import PreparedData, prepare_data
+from robust_core.methods import Batch, Method, StepContext, build_method
+from robust_core.models import build_model
+from robust_core.modes import eval_mode
+from robust_core.reporting import Reporter
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu or auto")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class PermutationSampler:
+    """Batches of indices drawn from successive random permutations of ``range(n)``; checkpointable."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        if n == 0:
+            raise ValueError("cannot sample batches from an empty set")
+        self.n, self.batch_size, self.gen = n, min(batch_size, n), generator
+        self.perm = torch.randperm(n, generator=generator)
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.batch_size > self.n:
+            self.perm = torch.randperm(self.n, generator=self.gen)
+            self.pos = 0
+        out = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"perm": self.perm.clone(), "pos": self.pos}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.perm, self.pos = s["perm"].clone(), int(s["pos"])
+
+
+def lr_factor(schedule: str, decay_start: float, total: int) -> Callable[[int], float]:
+    start = int(decay_start * total)
+
+    def f(step: int) -> float:
+        if schedule == "constant" or step < start:
+            return 1.0
+        frac = (step - start) / max(1, total - start)
+        if schedule == "linear":
+            return max(0.0, 1.0 - frac)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+
+    return f
+
+
+def make_optimizer(cfg, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
+    """Clean accuracy and mean cross-entropy, in eval mode (restored afterwards); device taken from the model."""
+    dev = next(model.parameters()).device
+    correct, loss_sum = 0, 0.0
+    with eval_mode(model):
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev)
+            out = model(xb).float()
+            loss_sum += F.cross_entropy(out, yb, reduction="sum").item()
+            correct += (out.argmax(1) == yb).sum().item()
+    n = max(1, len(x))
+    return {"acc": correct / n, "loss": loss_sum / n}
+
+
+@dataclass
+class FitResult:
+    model: nn.Module  # the trained classifier
+    method: Method
+    data: PreparedData
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+    @property
+    def inference_model(self) -> nn.Module:
+        return self.method.inference_model(self.model)
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+def fit(cfg: RunConfig, reporter: Reporter | None = None, data: PreparedData | None = None,
+        progress: bool = False) -> FitResult:
+    t = cfg.train
+    dev = resolve_device(t.device)
+    seed_everything(t.seed)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    data = data or prepare_data(cfg.data)
+    model = build_model(cfg.model, data.info).to(dev)
+    method = build_method(cfg.method, model=model, info=data.info, n_train=len(data.arrays.y_train))
+    aux = nn.ModuleDict(method.modules()).to(dev)
+
+    x_all, y_all = data.arrays.x_train, data.arrays.y_train
+    lab_idx = torch.from_numpy(data.splits.labeled)
+    unl_idx = torch.from_numpy(data.splits.unlabeled)
+    use_unl = method.uses_unlabeled and len(unl_idx) > 0
+    pool = max(len(lab_idx), len(unl_idx) if use_unl else 0)
+    spe = t.steps_per_epoch or max(1, math.ceil(pool / (t.unlabeled_batch_size if use_unl else t.batch_size)))
+    total = t.epochs * spe
+
+    opt = make_optimizer(t, list(model.parameters()) + list(aux.parameters()))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(t.schedule, t.decay_start, total))
+    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+    if amp_dtype is torch.float16 and dev.type != "cuda":
+        raise ValueError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on CPU")
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
+    gen = torch.Generator().manual_seed(t.seed)
+    s_lab = PermutationSampler(len(lab_idx), t.batch_size, gen)
+    s_unl = PermutationSampler(len(unl_idx), t.unlabeled_batch_size, gen) if use_unl else None
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    state = reporter.restore() if reporter else None
+    if state is not None:
+        if state["fingerprint"] != cfg.fingerprint():
+            raise RuntimeError("checkpoint was written by a different config; refusing to resume from it "
+                               "(delete the checkpoint or restore the config it was made with)")
+        model.load_state_dict(state["model"])
+        aux.load_state_dict(state["aux"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        s_lab.load_state_dict(state["sampler_labeled"])
+        if s_unl is not None:
+            s_unl.load_state_dict(state["sampler_unlabeled"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if dev.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], dev)
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        history = list(state["history"])
+        start_epoch = state["epoch"]
+
+    def checkpoint(epoch: int) -> Callable[[], dict[str, Any]]:
+        def build() -> dict[str, Any]:
+            return {
+                "fingerprint": cfg.fingerprint(), "config": cfg.to_dict(), "epoch": epoch,
+                "model": model.state_dict(), "aux": aux.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                "sampler_labeled": s_lab.state_dict(),
+                "sampler_unlabeled": s_unl.state_dict() if s_unl is not None else None,
+                "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+                "history": list(history),
+            }
+        return build
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, initial=start_epoch * spe, desc=f"{cfg.method.name}", unit="step", leave=False)
+
+    autocast = (lambda: torch.autocast(dev.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    for epoch in range(start_epoch, t.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        aux.train()
+        sums: dict[str, float] = {}
+        correct = seen = 0
+        for i in range(spe):
+            li = lab_idx[s_lab.next()]
+            batch = Batch(x_all[li].to(dev), y_all[li].to(dev), li.to(dev))
+            if s_unl is not None:
+                ui = unl_idx[s_unl.next()]
+                batch.ux, batch.uidx = x_all[ui].to(dev), ui.to(dev)
+            ctx = StepContext(epoch, epoch * spe + i, t.epochs, spe, len(y_all))
+            with autocast():
+                out = method.loss(model, batch, ctx)
+            if not torch.isfinite(out.loss):
+                raise FloatingPointError(
+                    f"{cfg.method.name}: non-finite loss at epoch {epoch + 1}, step {i + 1} "
+                    f"({ {k: float(v) for k, v in out.logs.items()} }); lower train.lr or check the method's params")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(out.loss).backward()
+            if t.grad_clip is not None:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux.parameters()), t.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            sums["train_loss"] = sums.get("train_loss", 0.0) + out.loss.item()
+            for k, v in out.logs.items():
+                sums[f"train_{k}"] = sums.get(f"train_{k}", 0.0) + float(v)
+            if out.logits is not None:
+                correct += (out.logits.argmax(1) == batch.y).sum().item()
+                seen += len(batch.y)
+            if bar is not None:
+                bar.update(1)
+        metrics: dict[str, Any] = {k: v / spe for k, v in sums.items()}
+        if seen:
+            metrics["train_acc"] = correct / seen
+        xv, yv = data.val
+        val = evaluate(method.inference_model(model), xv, yv, t.eval_batch_size)
+        metrics.update(epoch=epoch + 1, val_acc=val["acc"], val_loss=val["loss"], lr=sched.get_last_lr()[0],
+                       step=(epoch + 1) * spe, epoch_time_s=time.perf_counter() - t0)
+        history.append(metrics)
+        if reporter is not None:
+            reporter.report(metrics, checkpoint(epoch + 1))
+    if bar is not None:
+        bar.close()
+    return FitResult(model, method, data, history, start_epoch)

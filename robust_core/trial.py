@@ -1,0 +1,74 @@
+"""One trial: the same function behind ``robust-sweep trial`` (local, no Ray), a Ray Tune trial and a final retrain.
+
+``run_trial`` = ``fit`` + (optionally) the test-set evaluation + the saved model. Test metrics are computed only when
+``evaluate_test=True``, which only the final pipeline asks for, after selection: sweeps never see the test set.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robust_core.config import RunConfig, build_run_config, dump_yaml
+from robust_core.data import PreparedData, prepare_data
+from robust_core.methods import Method, build_method
+from robust_core.models import build_model
+from robust_core.reporting import Reporter
+from robust_core.train import FitResult, evaluate, fit
+
+MODEL_FILE = "model.pt"
+
+
+def run_trial(cfg: RunConfig, reporter: Reporter | None = None, *, out_dir: str | Path | None = None,
+              evaluate_test: bool = False, progress: bool = False, data: PreparedData | None = None
+              ) -> tuple[dict[str, Any], FitResult]:
+    """Train one config; returns (final metrics, fit result). Writes ``model.pt`` + ``config.yaml`` to ``out_dir``."""
+    res = fit(cfg, reporter, data=data, progress=progress)
+    final: dict[str, Any] = dict(res.last)
+    final["best_val_acc"] = max(h["val_acc"] for h in res.history)
+    final["split_fingerprint"] = res.data.splits.fingerprint()
+    final["config_fingerprint"] = cfg.fingerprint()
+    if evaluate_test:
+        xt, yt = res.data.test
+        te = evaluate(res.inference_model, xt, yt, cfg.train.eval_batch_size)
+        final.update(test_acc=te["acc"], test_loss=te["loss"], n_test=len(yt))
+    if out_dir is not None:
+        save_trained(res, cfg, Path(out_dir))
+    if reporter is not None:
+        reporter.close(final)
+    return final, res
+
+
+def save_trained(res: FitResult, cfg: RunConfig, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    aux = nn.ModuleDict(res.method.modules())
+    path = out_dir / MODEL_FILE
+    torch.save({"config": cfg.to_dict(), "model": res.model.state_dict(), "aux": aux.state_dict(),
+                "history": res.history}, path)
+    (out_dir / "config.yaml").write_text(dump_yaml(cfg))
+    return path
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[RunConfig, nn.Module, Method]:
+    """Rebuild a model saved by ``run_trial``. Returns (config, classifier, method); the model to evaluate and attack
+    is ``method.inference_model(classifier)``. Dataset files are not needed (only the dataset's static info)."""
+    from robust_core.registry import DATASETS
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / MODEL_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"no saved model at {p} (expected the {MODEL_FILE} written by robust-sweep trial)")
+    blob = torch.load(p, map_location="cpu", weights_only=False)
+    cfg = build_run_config(blob["config"], str(p))
+    info = DATASETS.get(cfg.data.name).info
+    model = build_model(cfg.model, info)
+    model.load_state_dict(blob["model"])
+    method = build_method(cfg.method, model=model, info=info)
+    nn.ModuleDict(method.modules()).load_state_dict(blob["aux"])
+    model.to(device).eval()
+    for m in method.modules().values():
+        m.to(device).eval()
+    return cfg, model, method
