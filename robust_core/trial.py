@@ -46,7 +46,7 @@ def save_trained(res: FitResult, cfg: RunConfig, out_dir: Path) -> Path:
     aux = nn.ModuleDict(res.method.modules())
     path = out_dir / MODEL_FILE
     torch.save({"config": cfg.to_dict(), "model": res.model.state_dict(), "aux": aux.state_dict(),
-                "history": res.history}, path)
+                "n_train": res.method.n_train, "history": res.history}, path)
     (out_dir / "config.yaml").write_text(dump_yaml(cfg))
     return path
 
@@ -66,7 +66,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     info = DATASETS.get(cfg.data.name).info
     model = build_model(cfg.model, info)
     model.load_state_dict(blob["model"])
-    method = build_method(cfg.method, model=model, info=info)
+    method = build_method(cfg.method, model=model, info=info, n_train=blob.get("n_train", 0))
     nn.ModuleDict(method.modules()).load_state_dict(blob["aux"])
     model.to(device).eval()
     for m in method.modules().values():
