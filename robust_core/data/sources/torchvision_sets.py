@@ -1,0 +1,305 @@
+"""``mnist``, ``svhn``, ``cifar10``, ``cifar100``: the full datasets, in torchvision's on-disk layout under ``root``.
+
+Each loader returns the whole dataset as float32 tensors in [0, 1], NCHW, labels int64 (SVHN's label 10 for the
+digit 0 becomes 0, as torchvision does). Normalisation is *not* applied here: the per-channel mean/std in the
+``DatasetInfo`` are applied inside the model, so ε stays in pixel units.
+
+Files (relative to ``root``; the same places torchvision uses, so a torchvision download can be reused):
+
+- ``mnist``:    ``MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (uncompressed idx), read by
+  ``torchvision.datasets.MNIST`` after a header check here.
+- ``cifar10``:  ``cifar-10-batches-py/data_batch_1..5``, ``test_batch`` (pickled dicts: ``data`` uint8 (N, 3072),
+  ``labels``).
+- ``cifar100``: ``cifar-100-python/train``, ``test`` (pickled dicts: ``data``, ``fine_labels``).
+- ``svhn``:     ``train_32x32.mat``, ``test_32x32.mat`` (MATLAB: ``X`` uint8 (32, 32, 3, N), ``y`` (N, 1) in 1..10).
+
+CIFAR and SVHN are read here, not through torchvision's dataset classes: those verify the MD5 of every file on each
+read (slow for real files, and it rules out small test files). torchvision is used only to *download* missing files
+when ``download`` is true. When files are missing and cannot be fetched, ``DataMissingError`` names every expected
+file, the folder searched and the fixes; a file that exists but cannot be parsed raises ``CorruptDataError`` naming
+the file.
+"""
+from __future__ import annotations
+
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.error import URLError
+
+import numpy as np
+import torch
+
+from robust_core.data.base import Arrays, DataMissingError, DatasetInfo, Source
+from robust_core.registry import DATASETS
+
+
+class CorruptDataError(ValueError):
+    """A dataset file exists but is truncated or not in the expected format; the message names the file."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where one dataset's files live and how to get them."""
+
+    title: str  # human name used in messages
+    folder: str  # relative to root
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    origin: str  # how a person gets the files by hand
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return self.train + self.test
+
+
+# ------------------------------------------------------------------------------------------------ finding files
+def _missing_message(name: str, layout: _Layout, folder: Path, missing: list[str], reason: str) -> str:
+    listing = "\n".join(f"  {folder / f}{'   <- missing' if f in missing else ''}" for f in layout.files)
+    return (
+        f"dataset {name!r} ({layout.title}): {len(missing)} of {len(layout.files)} expected files are missing "
+        f"in {folder}\nexpected files:\n{listing}\n{reason}\n"
+        f"fix: put the files there ({layout.origin}), or set data.root to the folder that holds them "
+        f"(files are looked for under <data.root>/{layout.folder or '.'}), or allow the download with "
+        f"data.download=true on a machine with internet access"
+    )
+
+
+def _ensure_files(name: str, layout: _Layout, root: Path, download: bool, fetch: Callable[[Path], None]) -> Path:
+    """Return the folder holding every file of ``layout``, downloading with ``fetch(root)`` when allowed."""
+    root = Path(root).expanduser().resolve()
+    folder = root / layout.folder
+    missing = [f for f in layout.files if not (folder / f).is_file()]
+    if not missing:
+        return folder
+    if not download:
+        reason = "download is off (data.download=false)."
+        raise DataMissingError(_missing_message(name, layout, folder, missing, reason))
+    try:
+        fetch(root)
+    # Only what a failed download raises: network errors (URLError is an OSError), disk errors, and torchvision's
+    # RuntimeError (MNIST mirrors exhausted, MD5 mismatch of a partial download). Anything else propagates.
+    except (URLError, OSError, RuntimeError) as e:
+        reason = f"the download failed: {type(e).__name__}: {str(e).strip() or repr(e)}"
+        raise DataMissingError(_missing_message(name, layout, folder, missing, reason)) from e
+    missing = [f for f in layout.files if not (folder / f).is_file()]
+    if missing:
+        raise DataMissingError(
+            _missing_message(name, layout, folder, missing, "the download finished but these files are still absent.")
+        )
+    return folder
+
+
+def _corrupt(path: Path, what: str) -> CorruptDataError:
+    return CorruptDataError(
+        f"{path}: {what}. The file is truncated or not in the expected format; delete it and download again "
+        f"(data.download=true), or replace it with the original file"
+    )
+
+
+def _to_unit(x: np.ndarray) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1] (exactly ``value / 255`` in float32)."""
+    return torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32).div_(255.0)
+
+
+def _labels(y: np.ndarray, path: Path, num_classes: int, n: int) -> torch.Tensor:
+    y = np.asarray(y).reshape(-1)
+    if len(y) != n:
+        raise _corrupt(path, f"{len(y)} labels for {n} images")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise _corrupt(path, f"labels have dtype {y.dtype}, expected integers")
+    if n and (y.min() < 0 or y.max() >= num_classes):
+        raise _corrupt(path, f"labels span {y.min()}..{y.max()}, expected 0..{num_classes - 1}")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+# ------------------------------------------------------------------------------------------------------- MNIST
+_MNIST = _Layout(
+    "MNIST",
+    "MNIST/raw",
+    ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    "the four uncompressed idx files: gunzip the *-ubyte.gz files from https://ossci-datasets.s3.amazonaws.com/mnist/",
+)
+_IDX_IMAGES, _IDX_LABELS = 2051, 2049  # big-endian magic numbers: uint8 data, 3 or 1 dimensions
+
+
+def _idx_count(path: Path, magic: int, item_shape: tuple[int, ...]) -> int:
+    """Check an idx file's header and length (torchvision only asserts); return the number of items."""
+    nd = 1 + len(item_shape)
+    head_len = 4 * (1 + nd)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(head_len)
+    if len(head) < head_len:
+        raise _corrupt(path, f"{size} bytes, shorter than the {head_len}-byte idx header")
+    got_magic, *dims = struct.unpack(f">{1 + nd}I", head)
+    if got_magic != magic:
+        raise _corrupt(path, f"idx magic number {got_magic}, expected {magic}")
+    if tuple(dims[1:]) != item_shape:
+        raise _corrupt(path, f"items of shape {tuple(dims[1:])}, expected {item_shape}")
+    want = head_len + int(np.prod(dims))
+    if size != want:
+        raise _corrupt(path, f"{size} bytes, the header promises {want}")
+    return dims[0]
+
+
+def _fetch_mnist(root: Path) -> None:
+    from torchvision.datasets import MNIST
+
+    MNIST(root, train=True, download=True)  # fetches and unpacks all four files into root/MNIST/raw
+
+
+def load_mnist(root: Path, download: bool) -> Arrays:
+    from torchvision.datasets import MNIST
+
+    folder = _ensure_files("mnist", _MNIST, root, download, _fetch_mnist)
+    out = []
+    for train, (img, lab) in ((True, _MNIST.train), (False, _MNIST.test)):
+        n = _idx_count(folder / img, _IDX_IMAGES, (28, 28))
+        m = _idx_count(folder / lab, _IDX_LABELS, ())
+        if n != m:
+            raise _corrupt(folder / lab, f"{m} labels for the {n} images in {img}")
+        ds = MNIST(folder.parent.parent, train=train, download=False)  # reads root/MNIST/raw/*-ubyte
+        y = _labels(ds.targets.numpy(), folder / lab, 10, n)
+        out += [_to_unit(ds.data.numpy()).unsqueeze(1), y]
+    return Arrays(*out)
+
+
+# ------------------------------------------------------------------------------------------------------- CIFAR
+_CIFAR10 = _Layout(
+    "CIFAR-10",
+    "cifar-10-batches-py",
+    tuple(f"data_batch_{i}" for i in range(1, 6)),
+    ("test_batch",),
+    "unpack cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html into data.root",
+)
+_CIFAR100 = _Layout(
+    "CIFAR-100",
+    "cifar-100-python",
+    ("train",),
+    ("test",),
+    "unpack cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html into data.root",
+)
+
+
+def _read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, torch.Tensor]:
+    """One pickled batch -> (uint8 images (N, 3, 32, 32), int64 labels (N,))."""
+    try:
+        with open(path, "rb") as f:
+            # latin1: the official files are Python 2 pickles holding numpy arrays (as torchvision reads them)
+            entry = pickle.load(f, encoding="latin1")
+    # Arbitrary bytes make the unpickler raise almost anything (UnpicklingError, EOFError, ValueError, KeyError,
+    # ...); every one means the same thing here, and the original is chained, not hidden.
+    except Exception as e:  # noqa: BLE001
+        raise _corrupt(path, f"cannot be unpickled ({type(e).__name__}: {e})") from e
+    if not isinstance(entry, dict):
+        raise _corrupt(path, f"holds a {type(entry).__name__}, expected a dict")
+    entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    for key in ("data", label_key):
+        if key not in entry:
+            raise _corrupt(path, f"has no {key!r} entry (keys: {sorted(map(str, entry))})")
+    data = entry["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        desc = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise _corrupt(path, f"'data' is a {desc}, expected uint8 of shape (N, 3072)")
+    # each row: 1024 red, then 1024 green, then 1024 blue values, each a 32x32 image in row-major order -> NCHW
+    return data.reshape(-1, 3, 32, 32), _labels(np.asarray(entry[label_key]), path, num_classes, len(data))
+
+
+def _cifar_loader(name: str, layout: _Layout, label_key: str, num_classes: int, tv_class: str):
+    def fetch(root: Path) -> None:
+        import torchvision.datasets
+
+        getattr(torchvision.datasets, tv_class)(root, train=True, download=True)  # one archive holds both splits
+
+    def load(root: Path, download: bool) -> Arrays:
+        folder = _ensure_files(name, layout, root, download, fetch)
+        out = []
+        for files in (layout.train, layout.test):
+            parts = [_read_cifar_batch(folder / f, label_key, num_classes) for f in files]
+            # concatenate as uint8, convert once (a float copy of CIFAR's train set is 614 MB)
+            out += [_to_unit(np.concatenate([p[0] for p in parts])), torch.cat([p[1] for p in parts])]
+        return Arrays(*out)
+
+    load.__name__ = load.__qualname__ = f"load_{name}"
+    return load
+
+
+load_cifar10 = _cifar_loader("cifar10", _CIFAR10, "labels", 10, "CIFAR10")
+load_cifar100 = _cifar_loader("cifar100", _CIFAR100, "fine_labels", 100, "CIFAR100")
+
+
+# -------------------------------------------------------------------------------------------------------- SVHN
+_SVHN = _Layout(
+    "SVHN (cropped digits)",
+    "",
+    ("train_32x32.mat",),
+    ("test_32x32.mat",),
+    "train_32x32.mat and test_32x32.mat from http://ufldl.stanford.edu/housenumbers/",
+)
+
+
+def _read_svhn(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(path, variable_names=("X", "y"))
+    # scipy raises ValueError, TypeError, OSError, MatReadError, ... on truncated or foreign files; chained below
+    except Exception as e:  # noqa: BLE001
+        raise _corrupt(path, f"cannot be read as a MATLAB file ({type(e).__name__}: {e})") from e
+    for key in ("X", "y"):
+        if key not in mat:
+            raise _corrupt(path, f"has no {key!r} variable")
+    x, y = mat["X"], np.asarray(mat["y"])
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
+        raise _corrupt(path, f"'X' is a {x.dtype} array of shape {x.shape}, expected uint8 of shape (32, 32, 3, N)")
+    n = x.shape[3]
+    y = y.reshape(-1)
+    if len(y) != n or not np.issubdtype(y.dtype, np.integer):
+        raise _corrupt(path, f"'y' is a {y.dtype} array of {len(y)} labels, expected {n} integers")
+    if n and (y.min() < 1 or y.max() > 10):
+        raise _corrupt(path, f"'y' spans {y.min()}..{y.max()}, expected 1..10 (10 is the digit 0)")
+    y = np.where(y == 10, 0, y)  # as torchvision: labels in 0..9
+    # X[h, w, c, n] -> (n, c, h, w), as torchvision does
+    return _to_unit(x.transpose(3, 2, 0, 1)), _labels(y, path, 10, n)
+
+
+def _fetch_svhn(root: Path) -> None:
+    from torchvision.datasets import SVHN
+
+    for split in ("train", "test"):
+        if not (root / f"{split}_32x32.mat").is_file():
+            SVHN(root, split=split, download=True)
+
+
+def load_svhn(root: Path, download: bool) -> Arrays:
+    folder = _ensure_files("svhn", _SVHN, root, download, _fetch_svhn)
+    (x_tr, y_tr), (x_te, y_te) = (_read_svhn(folder / f) for f in _SVHN.files)
+    return Arrays(x_tr, y_tr, x_te, y_te)
+
+
+# ---------------------------------------------------------------------------------------------------- register
+# Per-channel mean / std of the training set's pixels in [0, 1] (the std over all pixels, not the mean of per-image
+# stds that some code uses for CIFAR-10: 0.2023, 0.1994, 0.2010).
+DATASETS.register("mnist")(Source(
+    info=DatasetInfo("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,)),
+    load=load_mnist,
+    description="MNIST, 60,000 train / 10,000 test (torchvision layout under data.root)",
+))
+DATASETS.register("svhn")(Source(
+    info=DatasetInfo("svhn", 10, (3, 32, 32), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    load=load_svhn,
+    description="SVHN cropped digits, 73,257 train / 26,032 test (extra not used); label 10 -> 0",
+))
+DATASETS.register("cifar10")(Source(
+    info=DatasetInfo("cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    load=load_cifar10,
+    description="CIFAR-10, 50,000 train / 10,000 test",
+))
+DATASETS.register("cifar100")(Source(
+    info=DatasetInfo("cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    load=load_cifar100,
+    description="CIFAR-100 (fine labels), 50,000 train / 10,000 test",
+))
