@@ -104,30 +104,7 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _check_names_and_params(self) -> "RunConfig":
-        problems: list[str] = []
-        for key, registry, name in (
-            ("data.name", DATASETS, self.data.name),
-            ("model.name", MODELS, self.model.name),
-            ("method.name", METHODS, self.method.name),
-        ):
-            try:
-                registry.get(name)
-            except UnknownNameError as e:
-                problems.append(f"{key}: {e}")
-        if self.method.name in METHODS:
-            try:
-                self.method.typed_params()
-            except ValidationError as e:
-                problems += _format_errors(e, prefix="method.params")
-        if self.model.name in MODELS:
-            problems += _check_kwargs(MODELS.get(self.model.name), self.model.params, "model.params")
-        if self.data.name in DATASETS and self.data.n_labeled is not None:
-            k = DATASETS.get(self.data.name).info.num_classes
-            if self.data.n_labeled % k:
-                problems.append(
-                    f"data.n_labeled: {self.data.n_labeled} labels cannot be balanced over {k} classes; "
-                    f"use a multiple of {k}"
-                )
+        problems = _cross_problems(self.model_dump())
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -142,6 +119,47 @@ class RunConfig(Strict):
 
     def flat(self) -> dict[str, Any]:
         return flatten(self.to_dict())
+
+
+def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
+    """Checks against the registries (names, method params, model kwargs, label balance) on a plain dict, so they
+    also run when field validation failed (pydantic skips the model validator then) and all problems come at once."""
+
+    def section(name: str, cls: type[Strict]) -> dict[str, Any]:
+        v = raw.get(name)
+        out = {k: f.default for k, f in cls.model_fields.items() if f.default_factory is None}
+        out.update({k: f.default_factory() for k, f in cls.model_fields.items() if f.default_factory is not None})
+        if isinstance(v, Mapping):
+            out.update(v)
+        return out
+
+    data, model, method = section("data", DataConfig), section("model", ModelConfig), section("method", MethodConfig)
+    problems: list[str] = []
+    for key, registry, name in (
+        ("data.name", DATASETS, data["name"]),
+        ("model.name", MODELS, model["name"]),
+        ("method.name", METHODS, method["name"]),
+    ):
+        if not isinstance(name, str):
+            continue  # reported by field validation
+        try:
+            registry.get(name)
+        except UnknownNameError as e:
+            problems.append(f"{key}: {e}")
+    if isinstance(method["name"], str) and method["name"] in METHODS and isinstance(method["params"], Mapping):
+        try:
+            METHODS.get(method["name"]).Params.model_validate(method["params"])
+        except ValidationError as e:
+            problems += _format_errors(e, prefix="method.params")
+    if isinstance(model["name"], str) and model["name"] in MODELS and isinstance(model["params"], Mapping):
+        problems += _check_kwargs(MODELS.get(model["name"]), model["params"], "model.params")
+    n_labeled = data["n_labeled"]
+    if isinstance(data["name"], str) and data["name"] in DATASETS and isinstance(n_labeled, int) and n_labeled > 0:
+        k = DATASETS.get(data["name"]).info.num_classes
+        if n_labeled % k:
+            problems.append(f"data.n_labeled: {n_labeled} labels cannot be balanced over {k} classes; "
+                            f"use a multiple of {k}")
+    return problems
 
 
 def _check_kwargs(factory: Any, params: Mapping[str, Any], prefix: str) -> list[str]:
@@ -162,7 +180,7 @@ def _format_errors(err: ValidationError, prefix: str = "") -> list[str]:
         key = ".".join(p for p in (prefix, loc) if p)
         if e["type"] == "extra_forbidden":
             out.append(f"{key}: unknown key (check the spelling)")
-        elif e["type"] == "value_error" and "\n" in str(e.get("ctx", {}).get("error", "")):
+        elif e["type"] == "value_error" and (not loc or "\n" in str(e.get("ctx", {}).get("error", ""))):
             out += [line for line in str(e["ctx"]["error"]).splitlines()]
         else:
             msg = e["msg"].removeprefix("Value error, ")
@@ -238,7 +256,10 @@ def build_run_config(raw: Mapping[str, Any], source: str = "run config") -> RunC
     try:
         return RunConfig.model_validate(dict(raw))
     except ValidationError as e:
-        raise ConfigError(_format_errors(e), source) from None
+        problems = _format_errors(e)
+        if all(err["loc"] for err in e.errors()):  # field errors: pydantic skipped the cross-field checks
+            problems += [p for p in _cross_problems(raw) if p not in problems]
+        raise ConfigError(problems, source) from None
 
 
 def load_run_config(

@@ -65,7 +65,9 @@ def kl_hessian_direction(
     x = x.detach()
     if how == "exact":
         xr = x.clone().requires_grad_(True)
-        with fwAD.dual_level():
+        # Outside autocast: under it, PyTorch's forward-mode BatchNorm returns a float32 tangent for a bf16 primal,
+        # and the next layer then fails on mixed dtypes. The direction is computed in the input's dtype instead.
+        with torch.autocast(x.device.type, enabled=False), fwAD.dual_level():
             out = model(fwAD.make_dual(xr, d.to(x.dtype)))
             logits, jd = fwAD.unpack_dual(out)
         u = softmax_fisher_vp(logits.detach(), jd.detach())
@@ -90,9 +92,15 @@ def vat_direction(
     xi: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit-L2 (per example) approximation of the most KL-sensitive direction at x, and the clean logits."""
+    from contextlib import nullcontext
+
+    from robust_core.modes import frozen_bn_stats
+
     d = l2_normalize(torch.randn_like(x))
     clean = None
-    for _ in range(power_iterations):
-        hd, clean = kl_hessian_direction(model, x, d, how, xi)
+    for k in range(power_iterations):
+        # each step repeats the clean pass: only the first may update BN running statistics (once per batch)
+        with frozen_bn_stats(model) if k else nullcontext():
+            hd, clean = kl_hessian_direction(model, x, d, how, xi)
         d = l2_normalize(hd)
     return d, clean

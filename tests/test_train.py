@@ -1,0 +1,146 @@
+"""The ``fit`` loop: determinism, exact resume from checkpoints, schedules, AMP and non-finite guards, learning."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robust_core.methods import LossOutput
+from robust_core.registry import METHODS
+from robust_core.reporting import CheckpointDir, load_state
+from robust_core.train import fit, lr_factor
+
+
+def params_of(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_tree(a, b, path="state"):
+    """Recursive exact equality of nested dicts/lists/tensors (tensors by torch.equal)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{path}: {sorted(a)} != {sorted(b)}"
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def without_times(history):
+    return [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in history]
+
+
+def test_same_seed_identical_parameters(tiny_cfg, mnist5k_100):
+    cfg = tiny_cfg(["train.epochs=1", "train.steps_per_epoch=4"])
+    a = fit(cfg, data=mnist5k_100)
+    b = fit(cfg, data=mnist5k_100)
+    assert_same_tree(params_of(a.model), params_of(b.model))
+    c = fit(tiny_cfg(["train.epochs=1", "train.steps_per_epoch=4", "train.seed=1"]), data=mnist5k_100)
+    assert not torch.equal(params_of(a.model)["head.weight"], params_of(c.model)["head.weight"])
+
+
+class Interrupted(Exception):
+    pass
+
+
+class CrashAfter(CheckpointDir):
+    """Checkpoints like CheckpointDir, then dies after ``n`` epochs (a preempted trial)."""
+
+    def __init__(self, path, n):
+        super().__init__(path)
+        self.n = n
+
+    def report(self, metrics, state):
+        super().report(metrics, state)
+        if metrics["epoch"] == self.n:
+            raise Interrupted
+
+
+@pytest.mark.parametrize("method", ["mle", "vat"])
+def test_resume_equals_uninterrupted(method, tiny_cfg, mnist5k_100, tmp_path):
+    cfg = tiny_cfg([f"method.name={method}", "train.epochs=4", "train.steps_per_epoch=2"])
+    straight = fit(cfg, reporter=CheckpointDir(tmp_path / "straight"), data=mnist5k_100)
+    with pytest.raises(Interrupted):
+        fit(cfg, reporter=CrashAfter(tmp_path / "resumed", 2), data=mnist5k_100)
+    assert load_state(tmp_path / "resumed" / "checkpoint.pt")["epoch"] == 2
+    resumed = fit(cfg, reporter=CheckpointDir(tmp_path / "resumed"), data=mnist5k_100)  # a new fit call
+    assert resumed.resumed_from_epoch == 2 and straight.resumed_from_epoch == 0
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert_same_tree(params_of(straight.model), params_of(resumed.model))
+    assert without_times(straight.history) == without_times(resumed.history)
+    s, r = load_state(tmp_path / "straight" / "checkpoint.pt"), load_state(tmp_path / "resumed" / "checkpoint.pt")
+    for key in ("model", "aux", "optimizer", "scheduler", "sampler_labeled", "sampler_unlabeled", "generator",
+                "torch_rng", "epoch", "fingerprint"):
+        assert_same_tree(s[key], r[key], key)
+    assert without_times(s["history"]) == without_times(r["history"])
+    if method == "vat":
+        assert r["sampler_unlabeled"] is not None  # the semi-supervised path was exercised
+
+
+def test_refuses_checkpoint_of_another_config(tiny_cfg, mnist5k_100, tmp_path):
+    cfg = tiny_cfg(["train.epochs=2", "train.steps_per_epoch=2"])
+    with pytest.raises(Interrupted):
+        fit(cfg, reporter=CrashAfter(tmp_path, 1), data=mnist5k_100)
+    other = tiny_cfg(["train.epochs=2", "train.steps_per_epoch=2", "train.lr=0.002"])
+    with pytest.raises(RuntimeError, match="different config; refusing to resume"):
+        fit(other, reporter=CheckpointDir(tmp_path), data=mnist5k_100)
+
+
+def test_lr_factor_schedules():
+    total = 100
+    lin = lr_factor("linear", 0.5, total)
+    assert [lin(s) for s in (0, 49, 50)] == [1.0, 1.0, 1.0]
+    assert lin(75) == pytest.approx(0.5) and lin(total) == 0.0 and lin(total - 1) > 0
+    assert all(lin(s) >= lin(s + 1) for s in range(total))
+    cos = lr_factor("cosine", 0.0, total)
+    assert cos(0) == 1.0 and cos(total) == pytest.approx(0.0, abs=1e-12) and cos(50) == pytest.approx(0.5)
+    const = lr_factor("constant", 0.5, total)
+    assert all(const(s) == 1.0 for s in range(total + 1))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "constant"])
+def test_lr_schedule_in_fit(schedule, tiny_cfg, mnist5k_100):
+    cfg = tiny_cfg([f"train.schedule={schedule}", "train.epochs=3", "train.steps_per_epoch=2", "train.lr=0.01",
+                    "train.decay_start=0"])
+    lrs = [h["lr"] for h in fit(cfg, data=mnist5k_100).history]
+    if schedule == "linear":
+        assert lrs == pytest.approx([0.01 * 4 / 6, 0.01 * 2 / 6, 0.0]) and lrs[-1] == 0.0
+    else:
+        assert lrs == [0.01, 0.01, 0.01]
+
+
+def test_fp16_on_cpu_is_a_clear_error(tiny_cfg, mnist5k_100):
+    with pytest.raises(ValueError, match="train.amp=fp16 needs a CUDA device"):
+        fit(tiny_cfg(["train.amp=fp16", "train.epochs=1", "train.steps_per_epoch=1"]), data=mnist5k_100)
+
+
+def test_bf16_on_cpu_runs_vat(tiny_cfg, mnist5k_100):
+    res = fit(tiny_cfg(["train.amp=bf16", "method.name=vat", "train.epochs=1", "train.steps_per_epoch=2"]),
+              data=mnist5k_100)
+    assert all(torch.isfinite(p).all() for p in res.model.parameters())
+    assert res.history[0]["train_lds"] >= 0
+
+
+def test_non_finite_loss_names_the_method(tiny_cfg, mnist5k_100, monkeypatch):
+    def nan_loss(self, model, batch, ctx):
+        logits = model(batch.x)
+        return LossOutput(logits.sum() * float("nan"), {"ce": 1.0}, logits)
+
+    monkeypatch.setattr(METHODS.get("mle"), "loss", nan_loss)
+    with pytest.raises(FloatingPointError, match=r"mle: non-finite loss at epoch 1, step 1"):
+        fit(tiny_cfg(["train.epochs=1", "train.steps_per_epoch=2"]), data=mnist5k_100)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["mle", "vat"])
+def test_short_real_run_learns(method, tiny_cfg, mnist5k_100):
+    cfg = tiny_cfg([f"method.name={method}", "train.epochs=2", "train.steps_per_epoch=50", "train.lr=0.003"])
+    res = fit(cfg, data=mnist5k_100)
+    h = res.history
+    assert len(h) == 2 and h[-1]["step"] == 100
+    assert h[-1]["val_acc"] > 0.5, h  # chance is 0.1 on 10 balanced classes
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
