@@ -1,0 +1,147 @@
+"""A tiny real sweep through Ray Tune, Optuna (TPE), ASHA and MLflow (SQLite), then the same sweep again (resume)."""
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+EPOCHS = 3
+N_TRIALS = 4
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_session, tmp_path_factory):
+    from sweeps.runner import run_sweep
+    from sweeps.spec import build_sweep_config
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    cfg = build_sweep_config({
+        "name": "e2e-vat",
+        "base": {"data": {"name": "mnist5k", "n_labeled": 100}, "model": {"name": "mlp", "params": {"hidden": [32]}},
+                 "method": {"name": "vat"},
+                 "train": {"epochs": EPOCHS, "steps_per_epoch": 5, "batch_size": 32, "unlabeled_batch_size": 64,
+                           "eval_batch_size": 500}},
+        "search_space": None, "num_trials": N_TRIALS, "max_concurrent": 2, "metric": "val_acc", "mode": "max",
+        "seed": 0, "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "resources": {"cpu": 1, "gpu": 0}, "max_failures": 1,
+        "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "e2e"}, "storage": "ray",
+        "optuna_storage": "sqlite:///optuna.db",
+    }, cwd=tmp)
+    summary = run_sweep(cfg, progress=False)
+    return cfg, summary
+
+
+def _children(cfg, summary):
+    from robust_core.tracking import find_runs
+
+    return find_runs(cfg.tracking.uri, cfg.tracking.experiment, "tags.`robust_sweep.kind` = 'trial'")
+
+
+def test_parent_and_children_in_mlflow(sweep):
+    from robust_core.tracking import client, find_runs
+
+    cfg, summary = sweep
+    assert summary.n_trials == N_TRIALS and summary.n_errored == 0
+    assert summary.n_finished + summary.n_stopped_early == N_TRIALS and summary.n_finished >= 1
+    parents = find_runs(cfg.tracking.uri, cfg.tracking.experiment, "tags.`robust_sweep.kind` = 'sweep'")
+    assert [p.info.run_id for p in parents] == [summary.parent_run_id]
+    ptags = parents[0].data.tags
+    assert ptags["robust_sweep.sweep"] == "e2e-vat" and ptags["robust_sweep.method"] == "vat"
+    assert ptags["robust_sweep.dataset"] == "mnist5k" and parents[0].info.status == "FINISHED"
+    assert parents[0].data.params["max_t"] == str(EPOCHS)
+    assert ptags["robust_sweep.version.ray"] and len(ptags["robust_sweep.git_commit"]) == 40
+
+    children = _children(cfg, summary)
+    assert len(children) == N_TRIALS
+    c = client(cfg.tracking.uri)
+    n_stopped = 0
+    for run in children:
+        tags, params = run.data.tags, run.data.params
+        assert tags["mlflow.parentRunId"] == summary.parent_run_id
+        assert tags["robust_sweep.kind"] == "trial" and tags["robust_sweep.sweep"] == "e2e-vat"
+        assert run.info.run_name == tags["robust_sweep.trial_id"]
+        assert run.info.status == "FINISHED"
+        eps = float(params["method.params.eps"])
+        assert 0.3 <= eps <= 5.0
+        assert params["model.params.hidden"] == "[32]" and params["train.epochs"] == str(EPOCHS)
+        done = int(tags["robust_sweep.epochs_done"])
+        stopped = tags["robust_sweep.stopped_early"] == "true"
+        assert stopped == (done < EPOCHS)
+        n_stopped += stopped
+        hist = c.get_metric_history(run.info.run_id, "val_acc")
+        assert sorted(h.step for h in hist) == list(range(1, done + 1))
+        assert run.data.metrics["best_val_acc"] == pytest.approx(max(h.value for h in hist))
+        assert len(c.get_metric_history(run.info.run_id, "train_lds")) == done
+        assert "config.yaml" in [a.path for a in c.list_artifacts(run.info.run_id)]
+    assert n_stopped == summary.n_stopped_early
+    assert summary.best["run_id"] in {r.info.run_id for r in children}
+    assert summary.best["config"]["method"]["params"]["eps"] == summary.best["sampled"]["method.params.eps"]
+
+
+def test_optuna_marks_asha_stopped_trials_pruned(sweep):
+    import optuna
+
+    cfg, summary = sweep
+    study = optuna.load_study(study_name="e2e-vat", storage=cfg.optuna_storage)
+    states = [t.state for t in study.trials]
+    assert len(states) == N_TRIALS
+    assert states.count(optuna.trial.TrialState.PRUNED) == summary.n_stopped_early
+    assert states.count(optuna.trial.TrialState.COMPLETE) == summary.n_finished
+
+
+def test_rerun_resumes_without_retraining(sweep):
+    from robust_core.tracking import client
+    from sweeps.runner import run_sweep
+
+    cfg, summary = sweep
+    c = client(cfg.tracking.uri)
+    before = {r.info.run_id: len(c.get_metric_history(r.info.run_id, "val_acc")) for r in _children(cfg, summary)}
+    again = run_sweep(cfg, progress=False)
+    assert again.resumed and again.parent_run_id == summary.parent_run_id
+    assert again.n_trials == N_TRIALS and again.best["trial_id"] == summary.best["trial_id"]
+    after = {r.info.run_id: len(c.get_metric_history(r.info.run_id, "val_acc")) for r in _children(cfg, summary)}
+    assert after == before  # no new child runs, no new epochs
+
+
+def test_trial_resumes_from_tune_checkpoint_after_failure(ray_session, tmp_path):
+    """A trial that crashes after epoch 2 is retried (FailureConfig) and continues from its epoch-2 checkpoint."""
+    from ray import tune
+
+    from robust_core.config import load_run_config
+    from robust_core.reporting import Many, Reporter
+    from robust_core.trial import run_trial
+    from sweeps.runner import TuneReporter
+
+    marker = tmp_path / "crashed"
+    cfg = load_run_config(overrides={"data": {"name": "mnist5k", "n_labeled": 100}, "method": {"name": "mle"},
+                                     "model": {"params": {"hidden": [16]}},
+                                     "train": {"epochs": 3, "steps_per_epoch": 2, "eval_batch_size": 500}})
+
+    class CrashOnce(Reporter):
+        def report(self, metrics, state):
+            if metrics["epoch"] == 2 and not marker.exists():
+                marker.write_text("")
+                raise RuntimeError("simulated node loss after epoch 2")
+
+    def trainable(config):
+        reporter = TuneReporter()
+        resumed = reporter.restore() is not None
+        run_trial(cfg, Many(reporter, CrashOnce()))
+        tune.report({"done": 1, "resumed": resumed})
+
+    res = tune.Tuner(trainable, run_config=tune.RunConfig(
+        name="crash", storage_path=str(tmp_path / "ray"), verbose=0,
+        failure_config=tune.FailureConfig(max_failures=1))).fit()
+    r = res[0]
+    assert r.error is None and marker.exists()
+    assert r.metrics["resumed"] is True
+    assert list(r.metrics_dataframe["epoch"].dropna().astype(int)) == [1, 2, 3]  # epoch 2 is not trained twice
