@@ -1,0 +1,138 @@
+"""Result tables: mean ± std over seeds, best in bold, rendered as Markdown, CSV and LaTeX.
+
+Pure functions of a ``Table`` (no MLflow, no Ray) so rendering is golden-tested on fixed inputs.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from statistics import mean, stdev
+
+
+@dataclass(frozen=True)
+class Cell:
+    values: tuple[float, ...]  # one per seed, in the table's unit (e.g. accuracy in %)
+    run_ids: tuple[str, ...] = ()  # MLflow runs that produced the values (lineage)
+    note: str = ""  # why a cell is missing, or a warning; becomes a footnote
+
+    @property
+    def mean(self) -> float:
+        return mean(self.values) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        return stdev(self.values) if len(self.values) > 1 else 0.0  # sample std (n − 1)
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    cells: tuple[Cell, ...]
+    source: str = ""  # e.g. the sweep and trial the configuration came from
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[Row, ...]
+    higher_is_better: bool = True
+    decimals: int = 2
+    footnotes: tuple[str, ...] = field(default_factory=tuple)
+
+    def best_rows(self, col: int) -> set[int]:
+        vals = [(i, r.cells[col].mean) for i, r in enumerate(self.rows) if r.cells[col].values]
+        if not vals:
+            return set()
+        target = (max if self.higher_is_better else min)(v for _, v in vals)
+        fmt = f"{{:.{self.decimals}f}}"
+        return {i for i, v in vals if fmt.format(v) == fmt.format(target)}  # ties as displayed are all bold
+
+
+def _pm(cell: Cell, d: int, pm: str = " ± ") -> str:
+    if len(cell.values) == 1:  # no spread from one run: say so instead of printing ± 0
+        return f"{cell.mean:.{d}f} (n=1)"
+    return f"{cell.mean:.{d}f}{pm}{cell.std:.{d}f}"
+
+
+def _md(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def _cell_notes(t: Table) -> tuple[dict[tuple[int, int], int], list[str]]:
+    """Footnote number for each cell that has a note; returns the mapping and the footnote texts."""
+    marks: dict[tuple[int, int], int] = {}
+    notes: list[str] = list(t.footnotes)
+    for i, r in enumerate(t.rows):
+        for j, c in enumerate(r.cells):
+            if c.note:
+                if c.note not in notes:
+                    notes.append(c.note)
+                marks[(i, j)] = notes.index(c.note) + 1
+    return marks, notes
+
+
+def render_markdown(t: Table) -> str:
+    marks, notes = _cell_notes(t)
+    best = {j: t.best_rows(j) for j in range(len(t.columns))}
+    lines = [f"### {t.title}", "", "| Method | " + " | ".join(map(_md, t.columns)) + " |",
+             "|---|" + "---|" * len(t.columns)]
+    for i, r in enumerate(t.rows):
+        cells = []
+        for j, c in enumerate(r.cells):
+            s = _pm(c, t.decimals) if c.values else "—"
+            if i in best[j]:
+                s = f"**{s}**"
+            if (i, j) in marks:
+                s += f" [{marks[(i, j)]}]"
+            cells.append(s)
+        lines.append(f"| {_md(r.label)} | " + " | ".join(cells) + " |")
+    n = sorted({len(c.values) for r in t.rows for c in r.cells if c.values})
+    lines += ["", f"Mean ± sample std over {'/'.join(map(str, n)) or 0} seeds; best in bold."]
+    lines += [f"[{k}] {note}" for k, note in enumerate(notes, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(t: Table) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["table", "method", "column", "mean", "std", "n", "values", "run_ids", "source", "note"])
+    for r in t.rows:
+        for col, c in zip(t.columns, r.cells):
+            w.writerow([t.name, r.label, col, f"{c.mean:.6f}" if c.values else "", f"{c.std:.6f}" if c.values else "",
+                        len(c.values), ";".join(f"{v:.6f}" for v in c.values), ";".join(c.run_ids), r.source, c.note])
+    return buf.getvalue()
+
+
+_TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+def tex_escape(s: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in s)
+
+
+def render_latex(t: Table) -> str:
+    marks, notes = _cell_notes(t)
+    best = {j: t.best_rows(j) for j in range(len(t.columns))}
+    out = [r"\begin{table}[t]", r"\centering", f"\\caption{{{tex_escape(t.title)}}}",
+           f"\\label{{tab:{tex_escape(t.name)}}}", r"\begin{tabular}{l" + "c" * len(t.columns) + "}", r"\toprule",
+           "Method & " + " & ".join(tex_escape(c) for c in t.columns) + r" \\", r"\midrule"]
+    for i, r in enumerate(t.rows):
+        cells = []
+        for j, c in enumerate(r.cells):
+            s = _pm(c, t.decimals, " $\\pm$ ") if c.values else "---"
+            if i in best[j]:
+                s = f"\\textbf{{{s}}}"
+            if (i, j) in marks:
+                s += f"$^{{{marks[(i, j)]}}}$"
+            cells.append(s)
+        out.append(tex_escape(r.label) + " & " + " & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    for k, note in enumerate(notes, 1):
+        out.append(f"\\par{{\\footnotesize $^{{{k}}}$ {tex_escape(note)}}}")
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
