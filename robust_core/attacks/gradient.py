@@ -1,0 +1,162 @@
+"""Gradient attacks on the one loop (``perturb``): FGSM / one-step L1-L2-L∞, the L2 gradient attack, PGD-k, CW-k."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor
+
+from robust_core.attacks.base import Attack
+from robust_core.attacks.loop import LossFn, ce_loss, cw_margin_loss, perturb
+from robust_core.attacks.threat import ThreatModel
+from robust_core.registry import ATTACKS
+
+LOSSES: dict[str, Callable[[Tensor], LossFn]] = {"ce": ce_loss, "cw": cw_margin_loss}
+
+
+def _loss_factory(loss: str | Callable[[Tensor], LossFn]) -> Callable[[Tensor], LossFn]:
+    if callable(loss):
+        return loss
+    if loss not in LOSSES:
+        raise ValueError(f"unknown attack loss {loss!r}; use one of {sorted(LOSSES)} or a callable y -> loss_fn")
+    return LOSSES[loss]
+
+
+@ATTACKS.register("fgsm")
+@dataclass(frozen=True)
+class FGSM(Attack):
+    """Fast gradient (sign) method: one steepest-ascent step of length ε from x, then clipped to [0, 1].
+
+    Paper: Goodfellow, Shlens & Szegedy, "Explaining and harnessing adversarial examples", ICLR 2015 (L∞);
+    the one-step L1 / L2 / L∞ attacks of Shaham, Yamada & Negahban, "Understanding adversarial training",
+    Neurocomputing 2018 (L1: the single pixel of largest |∂loss/∂x| moved by ε; L2: ε·g/‖g‖₂).
+    Threat model: ``norm`` ball of radius ``eps``. Input range [0, 1].
+    eps: radius, pixel units (no default; e.g. 0.3 MNIST, 8/255 CIFAR-10).
+    norm: "linf" (default), "l2" or "l1".
+    loss: "ce" (default) or "cw" or a callable ``y -> (logits -> per-example loss)``.
+    """
+
+    loss: Any = "ce"
+
+    @property
+    def label(self) -> str:
+        return "fgsm" if self.norm == "linf" else f"fgm-{self.norm}"
+
+    def __call__(self, model, x, y, generator=None):
+        return perturb(model, x, _loss_factory(self.loss)(y), ThreatModel(self.norm, self.eps), steps=1,
+                       step_size=self.eps)
+
+
+@ATTACKS.register("l2grad")
+@dataclass(frozen=True)
+class L2Grad(Attack):
+    """L2 gradient attack: ``x + ε·∇ₓℓ/‖∇ₓℓ‖₂`` (one step; ``steps>1`` = iterated with step ε/steps), clipped to [0, 1].
+
+    Paper: Lyu, Huang & Liang, "A unified gradient regularization family for adversarial examples", ICDM 2015
+    (the p=2 member of the family; used for the L2 noise-level curves of ATER, figure 2).
+    Threat model: L2 ball of radius ``eps``. Input range [0, 1].
+    eps: L2 radius, pixel units (no default). norm: only "l2". n_steps: 1 (default).
+    """
+
+    supported_norms: ClassVar[tuple[str, ...]] = ("l2",)
+    norm: str = "l2"
+    n_steps: int = 1
+
+    @property
+    def steps(self) -> int:
+        return self.n_steps
+
+    @property
+    def step_size(self) -> float:
+        return float(self.eps) / max(1, self.n_steps)
+
+    def __call__(self, model, x, y, generator=None):
+        return perturb(model, x, ce_loss(y), ThreatModel("l2", self.eps), steps=self.n_steps,
+                       step_size=self.step_size)
+
+
+@ATTACKS.register("pgd")
+@dataclass(frozen=True)
+class PGD(Attack):
+    """Projected gradient descent PGD-k: k steepest-ascent steps from a random start, projected on the ball ∩ [0,1].
+
+    Paper: Madry, Makelov, Schmidt, Tsipras & Vladu, "Towards deep learning models resistant to adversarial
+    attacks", ICLR 2018. Threat model: ``norm`` ball ("linf" default, "l2"; "l1" works but is weak — use
+    AutoAttack for L1). Input range [0, 1].
+    eps: radius, pixel units (no default). n_steps: 20. step_frac: step size as a fraction of ε (0.25 = 2/255 at
+    8/255; ``step_size = step_frac·eps``). random_start: True. n_restarts: 1 (per example the restart with the
+    highest loss is kept). loss: "ce" (default), "cw" or a callable ``y -> (output -> per-example loss)``.
+    eot_samples: 1 (gradients averaged over this many forward passes: EOT for models that sample at test time).
+    """
+
+    n_steps: int = 20
+    step_frac: float = 0.25
+    random_start: bool = True
+    n_restarts: int = 1
+    loss: Any = "ce"
+    eot_samples: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_steps < 1 or self.n_restarts < 1 or self.eot_samples < 1 or not self.step_frac > 0:
+            raise ValueError(f"{type(self).__name__}: n_steps, n_restarts, eot_samples must be ≥ 1 and step_frac > 0"
+                             f" (got {self.n_steps}, {self.n_restarts}, {self.eot_samples}, {self.step_frac})")
+        _loss_factory(self.loss)
+
+    @property
+    def label(self) -> str:
+        name = "cw" if self.loss == "cw" else self.registry_name
+        lab = f"{name}-{self.n_steps}"
+        if self.eot_samples > 1:
+            lab += f"-eot{self.eot_samples}"
+        return lab
+
+    @property
+    def steps(self) -> int:
+        return self.n_steps
+
+    @property
+    def step_size(self) -> float:
+        return self.step_frac * float(self.eps)
+
+    @property
+    def restarts(self) -> int:
+        return self.n_restarts
+
+    def __call__(self, model, x, y, generator=None):
+        return perturb(model, x, _loss_factory(self.loss)(y), ThreatModel(self.norm, self.eps), steps=self.n_steps,
+                       step_size=self.step_size, random_start=self.random_start, restarts=self.n_restarts,
+                       generator=generator, eot_samples=self.eot_samples)
+
+    @classmethod
+    def smoke(cls, eps, norm="linf"):
+        return cls(eps=eps, norm=norm, n_steps=3, step_frac=0.5, n_restarts=2)
+
+
+@ATTACKS.register("cw")
+@dataclass(frozen=True)
+class CW(PGD):
+    """CW-k: PGD-k on the Carlini–Wagner margin loss ``max_{j≠y} z_j − z_y`` (capped at κ).
+
+    Paper: Carlini & Wagner, "Towards evaluating the robustness of neural networks", IEEE S&P 2017; the L∞ PGD form
+    of Madry et al. 2018 as used in the ATLD tables. Threat model: ``norm`` ball ("linf" default). Input range [0, 1].
+    eps: radius, pixel units. n_steps: 20. step_frac: 0.25 of ε. random_start: True. n_restarts: 1.
+    kappa: 0 (confidence cap of the margin; the margin stops growing once it reaches κ). eot_samples: 1.
+    """
+
+    loss: Any = "cw"
+    kappa: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "loss", "cw")
+
+    @property
+    def label(self) -> str:
+        return f"cw-{self.n_steps}" + (f"-eot{self.eot_samples}" if self.eot_samples > 1 else "")
+
+    def __call__(self, model, x, y, generator=None):
+        return perturb(model, x, cw_margin_loss(y, self.kappa), ThreatModel(self.norm, self.eps),
+                       steps=self.n_steps, step_size=self.step_size, random_start=self.random_start,
+                       restarts=self.n_restarts, generator=generator, eot_samples=self.eot_samples)
