@@ -125,12 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_final)
 
     e = sub.add_parser("eval", help="robustness evaluation of a saved model or an MLflow run's model")
-    try:
-        from robust_core.attacks.cli import add_arguments
-    except ImportError:  # evaluation layer not installed in this build
-        add_arguments = None
-    if add_arguments is not None:
-        add_arguments(e)
+    from robust_core.attacks.cli import add_arguments
+
+    add_arguments(e)
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the whole path on this machine: sweeps -> MLflow -> final table (~15 min, 2 CPUs)")
@@ -145,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, LookupError) as e:  # missing model/data files, unknown sweep or run
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
