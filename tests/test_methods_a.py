@@ -204,7 +204,7 @@ def test_energy_term_gradient_reaches_every_parameter_through_the_method(name):
 def test_vater_uses_unlabeled_and_energy_is_at_vat_point():
     assert METHODS.get("vater").uses_unlabeled and not METHODS.get("ater").uses_unlabeled
     p = METHODS.get("vater").Params()
-    assert (p.eps, p.alpha, p.lam, p.direction) == (2.0, 1.0, 1.0, "exact")
+    assert (p.eps, p.alpha, p.lam, p.direction, p.xi) == (2.0, 1.0, 1.0, "finite_difference", 10.0)  # vat's defaults
 
 
 # ---------------------------------------------------------------- modes, BN statistics, parameter .grad

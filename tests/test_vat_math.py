@@ -77,6 +77,21 @@ def test_paper_finite_difference_in_float32_is_wrong(setup, digits):
     assert cosines(hd.flatten()[None], ref.flatten()[None]).item() < 0.9
 
 
+@pytest.mark.parametrize("xi", [1.0, 10.0])
+def test_default_finite_scale_difference_is_exact_in_float32(setup, digits, xi):
+    """VAT's default direction (secant at a finite scale ξ) computed in float32 equals the same quantity in float64:
+    at ξ ≥ 1 there is no cancellation, so the training precision does not change the direction."""
+    m64, _, d, _ = setup
+    m32 = copy.deepcopy(m64).float()
+    g32, _ = kl_hessian_direction(m32, digits.float(), l2_normalize(d.float()), "finite_difference", xi=xi)
+    g64, _ = kl_hessian_direction(m64, digits, l2_normalize(d), "finite_difference", xi=xi)
+    assert cosines(g32, g64).min() > 0.9999
+    from robust_core.registry import METHODS
+
+    p = METHODS.get("vat").Params()
+    assert (p.direction, p.xi) == ("finite_difference", 10.0)
+
+
 def test_exact_direction_under_bf16_autocast(setup, digits):
     m64, _, d, ref = setup
     m32 = copy.deepcopy(m64).float()

@@ -27,8 +27,8 @@ Params:
     eps: L2 radius ε of the virtual adversarial perturbation, pixel units. Default 2.0 (VAT's MNIST value).
     alpha: weight α of the LDS term, unitless. Default 1.0.
     power_iterations: power-iteration steps. Default 1.
-    direction: ``exact`` (forward-mode AD, default) or ``finite_difference`` (with ``xi``), as in VAT.
-    xi: finite-difference step, pixel units (``finite_difference`` only). Default 1e-6.
+    direction: ``finite_difference`` (with ``xi``, default) or ``exact`` (the ξ → 0 limit), as in ``vat``.
+    xi: finite-difference step, pixel units (``finite_difference`` only). Default 10.0, as in ``vat``.
     bad_scale: distance C of the bad samples from x, L2, pixel units. Default 4.0 (our choice: 2ε).
     bad_alpha: α_bad of the confidence filter, kept when max_k p(k|x_bad) ≤ 1 − α_bad; in [0, 1). Default 0.1.
     lam_max: final weight λ_max of L_true + L_fake. Default 1.0.
@@ -87,8 +87,8 @@ class FAT(Method):
         eps: Number = Field(2.0, gt=0)
         alpha: float = Field(1.0, ge=0)
         power_iterations: int = Field(1, ge=1, le=10)
-        direction: Literal["exact", "finite_difference"] = "exact"
-        xi: Number = Field(1e-6, gt=0)
+        direction: Literal["exact", "finite_difference"] = "finite_difference"
+        xi: Number = Field(10.0, gt=0)
         bad_scale: Number = Field(4.0, gt=0)
         bad_alpha: float = Field(0.1, ge=0, lt=1)
         lam_max: float = Field(1.0, ge=0)

@@ -8,13 +8,14 @@ Loss: CE(labeled) + α · LDS + λ · mean_i ‖∇ₓ L_i(x_max,i)‖₂ (+ β_
 At x' = x the KL is minimal, so ∇L(x) = 0: the normalised gradient g that ATER's finite difference starts from is
 undefined, the difference (∇L(x + ξ g) − ∇L(x)) / ξ reduces to VAT's ∇L(x + ξ g)/ξ, and starting g at random makes
 it VAT's power iteration. So d is VAT's r_vadv direction and x_max = x + r_vadv (one direction serves both terms);
-``direction='finite_difference'`` computes it with the paper's finite difference, ``'exact'`` (default) with
-forward-mode AD (see ``vat``). LDS = mean_i L_i(x_max) and the energy come from one forward pass at x_max; the
+``direction='finite_difference'`` (default) computes it with the finite difference at scale ξ, ``'exact'``
+the ξ → 0 limit with forward-mode AD (see ``vat`` for why the default is ξ = 10). LDS = mean_i L_i(x_max) and the energy come from one forward pass at x_max; the
 energy is built with ``create_graph=True`` (double backpropagation).
 Threat model (training-time only): L2 ball of radius ε, pixel units (inputs in [0, 1]); not clipped (as VAT).
 BatchNorm: clean passes update running statistics; the passes at perturbed inputs leave them untouched.
 
-Params: those of ``vat`` (eps 2.0, xi 1e-6, alpha 1.0, power_iterations 1, direction 'exact', entmin 0), plus
+Params: those of ``vat`` (eps 2.0, xi 10.0, alpha 1.0, power_iterations 1, direction 'finite_difference',
+entmin 0), plus
     lam: weight λ of the energy term, unitless (≥ 0). Default 1.0.
 """
 from __future__ import annotations
