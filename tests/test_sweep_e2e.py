@@ -71,7 +71,8 @@ def test_parent_and_children_in_mlflow(sweep):
         assert run.info.run_name == tags["robust_sweep.trial_id"]
         assert run.info.status == "FINISHED"
         eps = float(params["method.params.eps"])
-        assert 0.3 <= eps <= 5.0
+        lo, hi = cfg.search_space["method.params.eps"].args
+        assert lo <= eps <= hi
         assert params["model.params.hidden"] == "[32]" and params["train.epochs"] == str(EPOCHS)
         done = int(tags["robust_sweep.epochs_done"])
         stopped = tags["robust_sweep.stopped_early"] == "true"
@@ -145,3 +146,50 @@ def test_trial_resumes_from_tune_checkpoint_after_failure(ray_session, tmp_path)
     assert r.error is None and marker.exists()
     assert r.metrics["resumed"] is True
     assert list(r.metrics_dataframe["epoch"].dropna().astype(int)) == [1, 2, 3]  # epoch 2 is not trained twice
+
+
+def test_final_pipeline_on_the_sweep_then_rerun_reuses(sweep, tmp_path):
+    """The final pipeline selects the sweep's best trial (validation), retrains it over 2 seeds as Ray tasks, writes
+    the table with lineage to the runs; a second run trains nothing and gives the same table."""
+    import json
+
+    from pipelines.final import run_pipeline
+    from pipelines.spec import PipelineSpec
+    from robust_core.tracking import find_runs
+
+    cfg, summary = sweep
+    spec = PipelineSpec.model_validate({
+        "name": "e2e", "output_dir": str(tmp_path / "out"),
+        "tracking": {"uri": cfg.tracking.uri, "experiment": cfg.tracking.experiment}, "seeds": [0, 1],
+        "tables": [{"name": "ssl", "title": "SSL mnist5k (100)", "rows": [{"label": "VAT", "sweep": "e2e-vat"}]}]})
+    res = run_pipeline(spec, log=lambda *a: None)
+    assert res["trained"] == 2 and res["reused"] == 0
+
+    retrains = find_runs(cfg.tracking.uri, cfg.tracking.experiment, "tags.`robust_sweep.kind` = 'retrain'")
+    assert len(retrains) == 2
+    best_trial = summary.best["run_id"]
+    for r in retrains:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["robust_sweep.source_trial_run_id"] == best_trial
+        assert r.data.tags["mlflow.parentRunId"] == res["parent_run_id"]
+        assert 0.0 <= r.data.metrics["test_acc"] <= 1.0
+        assert r.data.params["method.params.eps"] == str(summary.best["config"]["method"]["params"]["eps"])
+    assert {r.data.tags["robust_sweep.seed"] for r in retrains} == {"0", "1"}
+
+    md = (tmp_path / "out" / "ssl.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| VAT |"))
+    accs = sorted(100 * r.data.metrics["test_acc"] for r in retrains)
+    mean = sum(accs) / 2
+    assert f"{mean:.2f} ± " in row  # the cell is the mean of exactly these runs' test accuracies
+    csv_line = (tmp_path / "out" / "ssl.csv").read_text().splitlines()[1]
+    assert all(r.info.run_id in csv_line for r in retrains)
+    lineage = json.loads((tmp_path / "out" / "lineage.json").read_text())
+    assert lineage["tables"]["ssl"]["VAT"]["trial_run_id"] == best_trial
+    assert set(lineage["tables"]["ssl"]["VAT"]["retrain_run_ids"].values()) == {r.info.run_id for r in retrains}
+    for ext in ("md", "csv", "tex"):
+        assert (tmp_path / "out" / f"ssl.{ext}").is_file()
+
+    again = run_pipeline(spec, log=lambda *a: None)
+    assert again["trained"] == 0 and again["reused"] == 2
+    assert (tmp_path / "out" / "ssl.md").read_text() == md
+    assert len(find_runs(cfg.tracking.uri, cfg.tracking.experiment, "tags.`robust_sweep.kind` = 'retrain'")) == 2
