@@ -14,6 +14,7 @@ SWEEPS = HERE.parent / "sweeps" / "configs"
 
 QUICK_SWEEP = ["num_trials=2", "base.train.epochs=2", "base.train.steps_per_epoch=20"]
 QUICK_PIPELINE = {"seeds": [0, 1]}
+SWEEP_FILES = ("demo_mle.yaml", "demo_vat.yaml")  # their tracking.experiment is the one pipelines/demo.yaml reads
 
 
 def run_demo(out: Path, quick: bool = False) -> int:
@@ -27,22 +28,20 @@ def run_demo(out: Path, quick: bool = False) -> int:
     out.mkdir(parents=True, exist_ok=True)
     db = out / "mlflow.db"
     t0 = time.time()
-    # validate every config before anything starts
-    common = [f"storage={out / 'ray'}"]
-    sweeps = [load_sweep_config(SWEEPS / f, common + (QUICK_SWEEP if quick else []))
-              for f in ("demo_mle.yaml", "demo_vat.yaml")]
+    quick_sweep = QUICK_SWEEP if quick else []
+    local = [f"storage={out / 'ray'}", f"tracking.uri=sqlite:///{db}"]
+    # every config is validated before anything starts (the server URI is filled in below)
+    for f in SWEEP_FILES:
+        load_sweep_config(SWEEPS / f, local + quick_sweep)
+    spec = load_pipeline_spec(HERE / "demo.yaml", {"output_dir": str(out / "results"), **(QUICK_PIPELINE if quick else {})})
     uri, server = start_local_server(db, out / "artifacts")
     try:
         print(f"[demo] MLflow server at {uri} (store: {db})", flush=True)
-        sweeps = [load_sweep_config(SWEEPS / f, common + [f"tracking.uri={uri}"] + (QUICK_SWEEP if quick else []))
-                  for f in ("demo_mle.yaml", "demo_vat.yaml")]
-        for cfg in sweeps:
+        for f in SWEEP_FILES:
+            cfg = load_sweep_config(SWEEPS / f, local + [f"tracking.uri={uri}"] + quick_sweep)
             print(f"[demo] sweep {cfg.name}: {cfg.num_trials} trials", flush=True)
-            s = run_sweep(cfg)
-            print(f"[demo] sweep {cfg.name} done: {s}", flush=True)
-        over = {"tracking": {"uri": uri}, "output_dir": str(out / "results"), **(QUICK_PIPELINE if quick else {})}
-        spec = load_pipeline_spec(HERE / "demo.yaml", over)
-        res = run_pipeline(spec)
+            print(f"[demo] {run_sweep(cfg)}", flush=True)
+        res = run_pipeline(spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": uri})}))
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -52,5 +51,5 @@ def run_demo(out: Path, quick: bool = False) -> int:
     print(f"[demo] finished in {(time.time() - t0) / 60:.1f} min")
     print(f"[demo] open the MLflow UI with:\n  mlflow ui --backend-store-uri sqlite:///{db} "
           f"--default-artifact-root {out / 'artifacts'} --host 127.0.0.1 --port 5000\n"
-          f"then browse http://127.0.0.1:5000 (experiment 'robust-sweep-demo')")
+          f"then browse http://127.0.0.1:5000 (experiment '{spec.tracking.experiment}')")
     return 0

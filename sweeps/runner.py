@@ -146,6 +146,17 @@ class SweepSummary:
     best: dict[str, Any] = field(default_factory=dict)  # trial_id, run_id, metric, value, config
     resumed: bool = False
 
+    def __str__(self) -> str:
+        head = (f"sweep {self.name}{' (resumed)' if self.resumed else ''}: {self.n_trials} trials, "
+                f"{self.n_finished} full, {self.n_stopped_early} stopped early, {self.n_errored} errored; "
+                f"MLflow parent run {self.parent_run_id}")
+        if not self.best:
+            return head + "; no trial finished"
+        vals = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in self.best.get("sampled", {}).items())
+        return (f"{head}\n  best {self.best['metric']}={self.best['value']:.4f}: trial {self.best['trial_id']} "
+                f"(run {self.best['run_id']}) {vals}")
+
 
 def _sampled(cfg: SweepConfig, config: dict | None) -> dict[str, Any]:
     return {k: v for k, v in (config or {}).items() if k in cfg.search_space}

@@ -109,10 +109,13 @@ class SweepConfig(Strict):
         return yaml.safe_dump(self.to_yaml_dict(), sort_keys=False)
 
     def fingerprint(self) -> str:
+        """Hash of what the sweep is (base config, space, budget, search, scheduler); not of where it is recorded
+        (``tracking``, ``storage``), so a resumed sweep may talk to a restarted MLflow server on another port."""
         import hashlib
         import json
 
-        blob = json.dumps(self.to_yaml_dict(), sort_keys=True, separators=(",", ":"))
+        what = {k: v for k, v in self.to_yaml_dict().items() if k not in ("tracking", "storage")}
+        blob = json.dumps(what, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

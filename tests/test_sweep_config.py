@@ -163,3 +163,15 @@ def test_cluster_yaml_validates_offline():
                                            "head": {**cfg["available_node_types"]["head"], "node_confg": {}}}}
     with pytest.raises(Exception, match="node_confg"):
         validate_config(prepare_config(bad))
+
+
+def test_fingerprint_ignores_where_results_go_but_not_what_is_searched(tmp_path):
+    """A resumed sweep may talk to a restarted MLflow server (another port) or a moved storage path; changing the
+    budget or the space is a different sweep and must be refused on resume."""
+    cfg = load_sweep_config(ROOT / "sweeps/configs/demo_vat.yaml", cwd=tmp_path)
+    moved = load_sweep_config(ROOT / "sweeps/configs/demo_vat.yaml", cwd=tmp_path, overrides=[
+        "tracking.uri=http://127.0.0.1:5123", f"storage={tmp_path / 'elsewhere'}"])
+    assert moved.fingerprint() == cfg.fingerprint()
+    for over in ("num_trials=7", "base.train.lr=0.001", "seed=3"):
+        assert load_sweep_config(ROOT / "sweeps/configs/demo_vat.yaml", [over], cwd=tmp_path).fingerprint() \
+            != cfg.fingerprint(), over
