@@ -50,6 +50,6 @@ def run_demo(out: Path, quick: bool = False) -> int:
         print(f"[demo] table written to {files['md']} (also .csv, .tex); lineage: {out / 'results' / 'lineage.json'}")
     print(f"[demo] finished in {(time.time() - t0) / 60:.1f} min")
     print(f"[demo] open the MLflow UI with:\n  mlflow ui --backend-store-uri sqlite:///{db} "
-          f"--default-artifact-root {out / 'artifacts'} --host 127.0.0.1 --port 5000\n"
+          f"--artifacts-destination {out / 'artifacts'} --host 127.0.0.1 --port 5000\n"
           f"then browse http://127.0.0.1:5000 (experiment '{spec.tracking.experiment}')")
     return 0
