@@ -157,6 +157,8 @@ def build_sweep_config(raw: Mapping[str, Any], source: str = "sweep config", cwd
         space = parse_space(space_raw, problems)
     if base is not None and space:
         problems += check_corners(base, space)
+    elif space:  # the base is invalid: corners cannot be built, but the paths can still be checked
+        problems += check_paths(base_raw, space)
 
     tracking = raw.get("tracking")
     if isinstance(tracking, Mapping) and isinstance(tracking.get("uri"), str):
@@ -314,6 +316,40 @@ def check_corners(base: RunConfig, space: Mapping[str, Dist]) -> list[str]:
     return problems
 
 
+def check_paths(base_raw: Mapping[str, Any], space: Mapping[str, Dist]) -> list[str]:
+    """Each search-space path names a run-config key (method params against the method's ``Params`` when the
+    method name is known). Used when the base config is invalid, so these problems are listed with the others."""
+    import difflib
+
+    from robust_core.config import DataConfig, MethodConfig, ModelConfig, TrainConfig
+    from robust_core.registry import METHODS
+
+    sections = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig, "train": TrainConfig}
+    method = (base_raw.get("method") or {}).get("name", "mle") if isinstance(base_raw.get("method"), Mapping) else None
+    problems = []
+    for path in space:
+        head, *rest = path.split(".")
+        if head not in sections:
+            problems.append(f"search_space.{path}: {head!r} is not a section of the run config "
+                            f"(use data., model., method. or train.)")
+            continue
+        fields = list(sections[head].model_fields)
+        if head == "method" and rest[:1] == ["params"] and len(rest) == 2 and method in METHODS:
+            fields, key, what = list(METHODS.get(method).Params.model_fields), rest[1], f"a {method} param"
+        elif rest[:1] == ["params"] and len(rest) == 2:
+            continue  # model kwargs / params of an unknown method: checked once the base is valid
+        elif len(rest) == 1:
+            key, what = rest[0], f"a {head} key"
+        else:
+            problems.append(f"search_space.{path}: not a run-config key")
+            continue
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=2)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            problems.append(f"search_space.{path}: {key!r} is not {what}{hint}")
+    return problems
+
+
 def check_cross(raw: Mapping[str, Any], base: RunConfig | None) -> list[str]:
     """Checks across fields, on the raw values (so they run even when other fields are invalid)."""
     problems = []
@@ -325,8 +361,20 @@ def check_cross(raw: Mapping[str, Any], base: RunConfig | None) -> list[str]:
         problems.append(f"mode: {metric} improves with mode={METRIC_MODES[metric]}, got mode={mode}")
     sched = raw.get("scheduler") or {}
     grace = sched.get("grace_period", 1) if isinstance(sched, Mapping) else 1
-    if (base is not None and isinstance(sched, Mapping) and sched.get("type", "asha") == "asha"
-            and isinstance(grace, int) and grace > base.train.epochs):
+    epochs = base.train.epochs if base is not None else _raw_epochs(raw)
+    if (epochs is not None and isinstance(sched, Mapping) and sched.get("type", "asha") == "asha"
+            and isinstance(grace, int) and grace > epochs):
         problems.append(f"scheduler.grace_period: {grace} epochs exceeds max_t = base.train.epochs = "
-                        f"{base.train.epochs}; lower it or raise the epochs")
+                        f"{epochs}; lower it or raise the epochs")
     return problems
+
+
+def _raw_epochs(raw: Mapping[str, Any]) -> int | None:
+    """base.train.epochs from an unvalidated config (its default when absent); None when it is not an int."""
+    from robust_core.config import TrainConfig
+
+    base = raw.get("base")
+    train = base.get("train") if isinstance(base, Mapping) else None
+    e = train.get("epochs", TrainConfig.model_fields["epochs"].default) if isinstance(train, Mapping) else \
+        TrainConfig.model_fields["epochs"].default
+    return e if isinstance(e, int) and not isinstance(e, bool) else None

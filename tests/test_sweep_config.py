@@ -175,3 +175,26 @@ def test_fingerprint_ignores_where_results_go_but_not_what_is_searched(tmp_path)
     for over in ("num_trials=7", "base.train.lr=0.001", "seed=3"):
         assert load_sweep_config(ROOT / "sweeps/configs/demo_vat.yaml", [over], cwd=tmp_path).fingerprint() \
             != cfg.fingerprint(), over
+
+
+def test_problems_that_need_no_valid_base_are_listed_with_base_errors(tmp_path):
+    """An invalid base must not hide search-space path typos or a grace period beyond the budget."""
+    from robust_core.config import ConfigError
+    from sweeps.spec import build_sweep_config
+
+    with pytest.raises(ConfigError) as e:
+        build_sweep_config({
+            "name": "bad", "num_trials": 2, "max_concurrent": 1,
+            "base": {"data": {"name": "mnist5kk"}, "method": {"name": "vat"}, "train": {"epochs": 3, "lrr": 1}},
+            "search_space": {"train.momentm": {"uniform": [0.1, 0.9]}, "method.params.epss": {"uniform": [1, 2]},
+                             "trian.lr": {"uniform": [0.1, 0.2]}, "method.params.alpha": {"uniform": [0.5, 1]}},
+            "scheduler": {"type": "asha", "grace_period": 5},
+            "tracking": {"uri": "sqlite:///x.db", "experiment": "e"}}, cwd=tmp_path)
+    msg = str(e.value)
+    assert "base.data.name" in msg and "base.train.lrr" in msg
+    assert "search_space.train.momentm: 'momentm' is not a train key; did you mean momentum?" in msg
+    assert "search_space.method.params.epss: 'epss' is not a vat param; did you mean eps?" in msg
+    assert "search_space.trian.lr: 'trian' is not a section" in msg
+    assert "method.params.alpha" not in msg  # a valid path is not reported
+    assert "scheduler.grace_period: 5 epochs exceeds max_t = base.train.epochs = 3" in msg
+    assert "(6 problems)" in msg  # 2 base + 3 paths + grace
