@@ -171,7 +171,8 @@ def test_clean_side_is_detached(digits):
     lds, _ = method.lds(m, digits)
     g = torch.autograd.grad(lds, list(m.parameters()))
     torch.manual_seed(3)
-    d, _ = vat_direction(m, digits)
+    p = method.p
+    d, _ = vat_direction(m, digits, p.power_iterations, p.direction, p.xi)  # the same direction lds used
     clean = m(digits)  # with graph; the batch statistics (train mode) are the same as in lds
     from robust_core.modes import frozen_bn_stats
 
