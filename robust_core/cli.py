@@ -85,7 +85,8 @@ def cmd_final(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
-    return run_demo(Path(args.out), quick=args.quick)
+    out = args.out or ("robust-sweep-demo-quick" if args.quick else "robust-sweep-demo")  # quick ≠ full sweeps
+    return run_demo(Path(out), quick=args.quick)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -131,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the whole path on this machine: sweeps -> MLflow -> final table (~15 min, 2 CPUs)")
-    d.add_argument("--out", default="robust-sweep-demo", help="folder for the MLflow store, Ray results and tables")
-    d.add_argument("--quick", action="store_true", help="tiny budget (about 2 minutes), to check the installation")
+    d.add_argument("--out", help="folder for the MLflow store, Ray results and tables "
+                                 "(default robust-sweep-demo, or robust-sweep-demo-quick with --quick)")
+    d.add_argument("--quick", action="store_true", help="tiny budget (about a minute), to check the installation")
     d.set_defaults(func=cmd_demo)
     return p
 
