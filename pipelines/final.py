@@ -8,8 +8,6 @@ resolved config and reused, so a rerun only computes what is missing.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -88,15 +86,6 @@ def _find_finished_retrain(uri: str, exp: str, fingerprint: str, metrics: list[s
                                " and attributes.status = 'FINISHED'")
     runs = [r for r in runs if all(m in r.data.metrics for m in metrics)]
     return min(runs, key=lambda r: r.info.start_time) if runs else None
-
-
-def _ray_init() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        addr = os.environ.get("RAY_ADDRESS")
-        ray.init(address=addr or None, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
-                 **({} if addr else {"num_cpus": os.cpu_count()}))
 
 
 def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print) -> dict[str, Any]:
@@ -178,8 +167,9 @@ def _run_retrains(spec: PipelineSpec, pending, jobs, out: Path, log) -> None:
     import ray
 
     from robust_core.tracking import set_status
+    from sweeps.runner import init_ray
 
-    _ray_init()
+    init_ray(spec.resources.cpu)
     task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, max_retries=1)(_retrain_task)
     refs = {}
     for sweep, seed, cfg, run_id in pending:

@@ -79,11 +79,12 @@ class PipelineSpec(_Strict):
 
 
 def _absolutise(raw: dict[str, Any]) -> dict[str, Any]:
+    from sweeps.spec import resolve_sqlite
+
     raw = dict(raw)
     tr = dict(raw.get("tracking") or {})
-    uri = tr.get("uri")
-    if isinstance(uri, str) and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        tr["uri"] = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    if isinstance(tr.get("uri"), str):
+        tr["uri"] = resolve_sqlite(tr["uri"], Path.cwd())
         raw["tracking"] = tr
     if isinstance(raw.get("output_dir"), str):
         raw["output_dir"] = str(Path(raw["output_dir"]).expanduser().resolve())

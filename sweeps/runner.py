@@ -162,7 +162,9 @@ def _sampled(cfg: SweepConfig, config: dict | None) -> dict[str, Any]:
     return {k: v for k, v in (config or {}).items() if k in cfg.search_space}
 
 
-def init_ray(cfg: SweepConfig) -> None:
+def init_ray(cpus_per_task: float = 1.0) -> None:
+    """Join the cluster in RAY_ADDRESS (or a running local one), else start a local instance sized to this machine
+    (at least ``cpus_per_task`` CPUs). Shared by sweeps and the final pipeline."""
     import ray
 
     if ray.is_initialized():
@@ -172,7 +174,7 @@ def init_ray(cfg: SweepConfig) -> None:
     if address is None and not Path(tempfile.gettempdir(), "ray", "ray_current_cluster").exists():
         # a fresh local instance: hide GPUs from trials that ask for none, size it to this machine
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
-        kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(cfg.resources.cpu))
+        kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(cpus_per_task))
     ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, **kwargs)
 
 
@@ -249,7 +251,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> SweepSummary:
 
     uri = cfg.tracking.uri
     experiment_id = tracking.prepare_store(uri, cfg.tracking.experiment)  # schema + experiment, before any trial
-    init_ray(cfg)
+    init_ray(cfg.resources.cpu)
     check_storage(cfg)
     parent, _ = open_parent(cfg, uri, experiment_id)
     trainable = tune.with_resources(make_trainable(cfg, uri, experiment_id, parent),

@@ -146,7 +146,7 @@ def build_sweep_config(raw: Mapping[str, Any], source: str = "sweep config", cwd
         try:
             base = build_run_config(base_raw)
         except ConfigError as e:
-            problems += [f"base.{p.removeprefix(': ')}" for p in e.problems]
+            problems += [f"base.{p}" for p in e.problems]
 
     space: dict[str, Dist] = {}
     space_raw = raw.get("search_space")
