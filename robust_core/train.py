@@ -121,11 +121,21 @@ class FitResult:
 
 def fit(cfg: RunConfig, reporter: Reporter | None = None, data: PreparedData | None = None,
         progress: bool = False) -> FitResult:
+    """Train ``cfg``; resumes from ``reporter.restore()`` when it has a checkpoint. Restores the caller's global
+    deterministic-algorithms setting on return."""
+    was = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _fit(cfg, reporter, data, progress)
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+
+
+def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, progress: bool) -> FitResult:
     t = cfg.train
     dev = resolve_device(t.device)
     seed_everything(t.seed)
-    if t.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
     data = data or prepare_data(cfg.data)
     model = build_model(cfg.model, data.info).to(dev)
     method = build_method(cfg.method, model=model, info=data.info, n_train=len(data.arrays.y_train))

@@ -144,3 +144,17 @@ def test_short_real_run_learns(method, tiny_cfg, mnist5k_100):
     assert len(h) == 2 and h[-1]["step"] == 100
     assert h[-1]["val_acc"] > 0.5, h  # chance is 0.1 on 10 balanced classes
     assert h[-1]["train_loss"] < h[0]["train_loss"]
+
+
+def test_fit_restores_the_callers_determinism_setting(tiny_cfg, mnist5k_100):
+    import torch
+
+    from robust_core.train import fit
+
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        fit(tiny_cfg(["train.epochs=1", "train.steps_per_epoch=1", "train.deterministic=true"]), data=mnist5k_100)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
