@@ -318,3 +318,31 @@ def test_short_real_run_learns(name, tiny_cfg, mnist5k_arrays, mnist5k_100, one_
     res = fit(cfg, data=data)
     print(f"{name}: val_acc {[h['val_acc'] for h in res.history]}")
     assert res.last["val_acc"] > (0.5 if ssl else 0.75), res.history  # chance is 0.1
+
+
+def test_atld_adaptive_objectives_go_through_imt_and_are_differentiable():
+    """The adaptive suite attacks ATLD with the classifier loss, the discriminator loss and both (table V): each
+    objective is per example, differentiable in x end to end (through IMT), and 'both' is the sum of the parts."""
+    import torch.nn.functional as F
+
+    from robust_core.config import load_run_config
+    from robust_core.data import DATASETS
+    from robust_core.methods import build_method
+    from robust_core.models import build_model
+
+    cfg = load_run_config(overrides=["method.name=atld", "model.params.hidden=[16]"])
+    info = DATASETS.get("mnist5k").info
+    torch.manual_seed(0)
+    model = build_model(cfg.model, info).double().eval()
+    method = build_method(cfg.method, model=model, info=info)
+    method.disc.double().eval()
+    objs = method.adaptive_objectives(model)
+    assert set(objs) == {"discriminator", "both"}
+    x = torch.rand(6, 1, 28, 28, dtype=torch.float64, requires_grad=True)
+    y = torch.arange(6) % 10
+    d = objs["discriminator"](x, y)
+    assert d.shape == (6,) and torch.isfinite(d).all()
+    (g,) = torch.autograd.grad(d.sum(), x)
+    assert g.abs().sum() > 0
+    wrapped = method.inference_model(model)
+    torch.testing.assert_close(objs["both"](x, y), F.cross_entropy(wrapped(x), y, reduction="none") + d)

@@ -43,7 +43,7 @@ Params:
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -175,6 +175,24 @@ class ATLD(Method):
         d_acc = 0.5 * ((a_n < 0).float().mean() + (a_a > 0).float().mean())
         logs = {"ce_ls": ce_ls.detach(), "fool": fool.detach(), "disc": l_disc.detach(), "disc_acc": d_acc}
         return LossOutput(l_cls + l_disc, logs, logits)
+
+    def adaptive_objectives(self, model: nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+        """Per-example losses for adaptive attacks through the whole inference pipeline (ATLD table V), each
+        differentiable in x and maximised by the attacker (the evaluation adds the classifier's own CE):
+
+        ``discriminator``: CE of D's class head on the logits the deployed model produces (after IMT), i.e. the
+        attacker uses the discriminator's class prediction as the loss; ``both``: classifier CE + that term.
+        (Our reading of "discriminator loss" in table V; the paper text was not available to check it.)
+        """
+        wrapped = self.inference_model(model)
+
+        def disc(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(widen(self.disc(wrapped(x))[1]), y, reduction="none")
+
+        def both(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(widen(wrapped(x)), y, reduction="none") + disc(x, y)
+
+        return {"discriminator": disc, "both": both}
 
     def inference_model(self, model: nn.Module) -> nn.Module:
         if self.p.imt == "none":
