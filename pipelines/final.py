@@ -1,9 +1,11 @@
-"""The final pipeline: best configuration per row (validation metric, from the sweep's MLflow runs) → retrain over
-seeds as parallel Ray tasks → test-set evaluation → tables (Markdown, CSV, LaTeX), each cell traceable to its runs.
+"""The final pipeline: sweeps → best configuration per row (validation metric, from MLflow) → retrain over seeds as
+parallel Ray tasks → evaluation suites as Ray tasks → tables (Markdown, CSV, LaTeX) and figures (PNG, PDF), every
+cell traceable to its runs (``lineage.json``), everything also logged to one MLflow pipeline run.
 
 Selection reads only the sweep trials' validation metrics (trials never compute test metrics); the test set is
-touched only by the retrain runs, after selection. Finished retrains are found in MLflow by the fingerprint of their
-resolved config and reused, so a rerun only computes what is missing.
+touched only by the retrain and evaluation runs, after selection. A rerun reuses, from MLflow, every finished sweep
+(same fingerprint), retrain (same resolved config) and evaluation (same model(s), suite and settings), and only
+computes what is missing.
 """
 from __future__ import annotations
 
@@ -12,13 +14,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from pipelines.spec import PipelineSpec, TableSpec
-from pipelines.tables import Cell, Row, Table, render_csv, render_latex, render_markdown
-from robust_core.config import ConfigError, RunConfig, build_run_config, dump_yaml, set_path
+from pipelines.plan import EvalUnit, Plan, RetrainKey, make_plan
+from pipelines.spec import PipelineSpec
+from robust_core.config import RunConfig, build_run_config, dump_yaml, set_path
 
 TAG = "robust_sweep."
+EVAL_JSON = "eval.json"
 
 
 @dataclass(frozen=True)
@@ -68,143 +71,302 @@ def seeded(cfg: RunConfig, seed: int, vary: list[str]) -> RunConfig:
     return build_run_config(raw)
 
 
+def with_set(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    if not overrides:
+        return cfg
+    raw = cfg.to_dict()
+    for path, v in overrides.items():
+        set_path(raw, path, v)
+    return build_run_config(raw, f"selected config with {overrides}")
+
+
+# ---------------------------------------------------------------------------------------------------- Ray tasks
 def _retrain_task(cfg_dict: dict[str, Any], uri: str, run_id: str, out_dir: str) -> dict[str, Any]:
-    """Runs in a Ray worker: train one seed, evaluate on test, log everything to its MLflow run."""
+    """Runs in a Ray worker: train one seed (test accuracy per epoch, for learning curves), log to its MLflow run."""
     from robust_core.tracking import MLflowReporter, log_artifact_file
     from robust_core.trial import MODEL_FILE, run_trial
 
     cfg = build_run_config(cfg_dict)
-    final, _ = run_trial(cfg, MLflowReporter(uri, run_id), out_dir=out_dir, evaluate_test=True)
+    final, _ = run_trial(cfg, MLflowReporter(uri, run_id), out_dir=out_dir, evaluate_test=True, test_each_epoch=True)
     log_artifact_file(uri, run_id, str(Path(out_dir) / MODEL_FILE), "model")
     return {k: v for k, v in final.items() if isinstance(v, (int, float, str))}
 
 
-def _find_finished_retrain(uri: str, exp: str, fingerprint: str, metrics: list[str]):
-    from robust_core.tracking import find_runs
+def _eval_task(unit: dict[str, Any], uri: str, models: dict[str, str], eval_run_id: str) -> dict[str, Any]:
+    """Runs in a Ray worker: load the retrained model(s) from MLflow, run one suite (+ masking probe + audit) on the
+    full test set, log the records to the evaluation run. ``models``: role -> retrain run id."""
+    import os
 
-    runs = find_runs(uri, exp, f"tags.`{TAG}kind` = 'retrain' and tags.`{TAG}config_fingerprint` = '{fingerprint}'"
-                               " and attributes.status = 'FINISHED'")
-    runs = [r for r in runs if all(m in r.data.metrics for m in metrics)]
-    return min(runs, key=lambda r: r.info.start_time) if runs else None
+    import torch
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from robust_core.attacks.records import write_json
+    from robust_core.attacks.suites import EvalSettings, fixed_adv_sets, make_adv_set, run_suites
+    from robust_core.data import prepare_data
+    from robust_core.tracking import client, log_artifact_file, log_metrics, set_status, set_tags
+    from robust_core.trial import load_trained
+
+    settings_kw = json.loads(unit["settings_json"])
+    for k in ("steps", "eps_grid", "l2_grid"):
+        if k in settings_kw and settings_kw[k] is not None:
+            settings_kw[k] = tuple(settings_kw[k])
+    settings = EvalSettings(**settings_kw, model_name="target")
+    with tempfile.TemporaryDirectory() as tmp:
+        def load(role: str, inference: str):
+            p = client(uri).download_artifacts(models[role], "model/model.pt", f"{tmp}/{role}")
+            cfg, clf, method = load_trained(p, inference=json.loads(inference))
+            return cfg, clf, method
+
+        cfg, clf, method = load("target", unit["inference_json"])
+        wrapped = method.inference_model(clf)
+        data = prepare_data(cfg.data).test
+        suite = unit["suite"]
+        kw: dict[str, Any] = {}
+        model = wrapped
+        if suite == "adaptive":
+            model, kw = clf, {"method": method}
+        elif suite == "transfer":
+            sets = []
+            for name, _, inf in unit["sources"]:
+                _, sc, sm = load(f"source_{name}", inf)
+                sets.append(make_adv_set(sm.inference_model(sc), data, settings, name))
+            kw = {"adv_sets": sets}
+        elif suite == "fixed_set":
+            _, bc, bm = load("baseline", unit["baseline"][1])
+            kw = {"adv_sets": fixed_adv_sets(bm.inference_model(bc), data, settings, "baseline")}
+        torch.manual_seed(settings.seed)
+        res = run_suites({suite: (model, kw)}, data, settings, probe_model=wrapped)
+    records = [r.to_dict() for r in res.records]
+    with tempfile.TemporaryDirectory() as tmp:
+        p = write_json(Path(tmp) / EVAL_JSON, res.records, res.audit, {"suite": suite, "unit": unit})
+        log_artifact_file(uri, eval_run_id, str(p))
+    log_metrics(uri, eval_run_id, {r.key: r.accuracy for r in res.records})
+    set_tags(uri, eval_run_id, {f"{TAG}audit_flags": str(len(res.audit))})
+    set_status(uri, eval_run_id, "FINISHED")
+    return {"records": records, "audit": res.audit}
 
 
-def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print) -> dict[str, Any]:
-    """Run the pipeline; returns {"tables": {name: {format: path}}, "trained": n, "reused": n, "parent_run_id"}."""
-    from robust_core.tracking import log_artifact_text, log_params, prepare_store, set_status, start_run
+# ---------------------------------------------------------------------------------------------------- pipeline
+class Runner:
+    def __init__(self, plan: Plan, log: Callable[[str], None]) -> None:
+        self.plan, self.spec, self.log = plan, plan.spec, log
+        self.uri, self.exp = plan.spec.tracking.uri, plan.spec.tracking.experiment
+        self.selections: dict[str, Selection] = {}
+        self.retrains: dict[RetrainKey, dict[str, Any]] = {}  # -> {"run_id", "metrics", "reused", "config"}
+        self.evals: dict[str, dict[str, Any]] = {}  # eval key -> {"run_id", "records", "audit", "reused"}
+        self.trained = self.reused = self.evaluated = self.evals_reused = 0
+        self.parent = ""
 
-    tables = [t for t in spec.tables if only is None or t.name == only]
-    if not tables:
-        raise ConfigError([f"--only {only!r}: no such table; tables are {', '.join(t.name for t in spec.tables)}"])
-    uri, exp = spec.tracking.uri, spec.tracking.experiment
-    exp_id = prepare_store(uri, exp)
-    out = Path(spec.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # -------------------------------------------------------------- 0. data
+    def check_data(self) -> None:
+        """Every dataset the plan trains on loads here, before any sweep starts (a clear error if files are missing;
+        the smoke profile writes its tiny datasets first)."""
+        from robust_core.data import load_arrays
 
-    # 1. selection (fails fast, before any training, if a sweep is missing)
-    selections: dict[str, Selection] = {}
-    for t in tables:
-        for row in t.rows:
-            if row.sweep not in selections:
-                selections[row.sweep] = sel = select_best(spec, row.sweep)
-                log(f"[select] {row.sweep}: trial run {sel.trial_run_id} {sel.metric}={sel.value:.4f}")
+        names = sorted({s.setting.dataset for s in self.plan.sources.values() if s.setting is not None})
+        if self.spec.generate_tiny_data:
+            from robust_core.data.tiny import write_tiny_dataset
 
-    parent = start_run(uri, exp_id, f"final-{spec.name}", {f"{TAG}kind": "pipeline", f"{TAG}pipeline": spec.name})
-    metrics_needed = sorted({c.metric for t in tables for c in t.columns})
+            for n in names:
+                write_tiny_dataset(n, Path(self.spec.data_root))
+        for n in names:
+            load_arrays(n, self.spec.data_root, download=True)
 
-    # 2. retrain every (selection, seed) not already finished
-    jobs: dict[tuple[str, int], dict[str, Any]] = {}
-    pending = []
-    for sweep, sel in selections.items():
-        for seed in spec.seeds:
-            cfg = seeded(sel.config, seed, spec.vary)
-            fp = cfg.fingerprint()
-            done = _find_finished_retrain(uri, exp, fp, metrics_needed)
-            if done is not None:
-                jobs[(sweep, seed)] = {"run_id": done.info.run_id, "metrics": dict(done.data.metrics), "reused": True}
+    # -------------------------------------------------------------- 1. sweeps + selection
+    def run_sources(self) -> None:
+        from robust_core.tracking import find_runs
+
+        for name, src in self.plan.sources.items():
+            if src.explicit:
                 continue
-            tags = {f"{TAG}kind": "retrain", f"{TAG}pipeline": spec.name, f"{TAG}sweep": sweep,
+            raw = self.plan.sweep_raw[name]
+            if self.spec.sweep.mode == "defaults":
+                cfg = build_run_config(raw["base"], f"config of {name}")
+                self.selections[name] = Selection(name, "", "", "defaults (no sweep)", float("nan"), cfg)
+                continue
+            from sweeps.runner import run_sweep
+            from sweeps.spec import build_sweep_config
+
+            sc = build_sweep_config(raw, source=f"sweep {name}")
+            done = find_runs(self.uri, self.exp, f"tags.`{TAG}kind` = 'sweep' and tags.`{TAG}sweep` = '{name}' and "
+                                                 f"tags.`{TAG}sweep_fingerprint` = '{sc.fingerprint()}' and "
+                                                 "attributes.status = 'FINISHED'")
+            if done:
+                self.log(f"[sweep] {name}: finished earlier (run {done[0].info.run_id}), reused")
+                continue
+            self.log(f"[sweep] {name}: {sc.num_trials} trials")
+            self.log(f"[sweep] {run_sweep(sc, progress=False)}")
+        for name, src in self.plan.sources.items():
+            if name not in self.selections:
+                self.selections[name] = sel = select_best(self.spec, name)
+                self.log(f"[select] {name}: trial run {sel.trial_run_id} {sel.metric}={sel.value:.4f}")
+
+    # -------------------------------------------------------------- 2. retrains
+    def retrain_config(self, k: RetrainKey) -> RunConfig:
+        return seeded(with_set(self.selections[k.source].config, k.set), k.seed, self.spec.vary)
+
+    def run_retrains(self, exp_id: str) -> None:
+        from robust_core.tracking import find_runs, log_artifact_text, log_params, start_run
+
+        pending = []
+        for k in sorted(self.plan.retrains, key=lambda k: (k.source, k.set_json, k.seed)):
+            cfg = self.retrain_config(k)
+            fp = cfg.fingerprint()
+            runs = find_runs(self.uri, self.exp, f"tags.`{TAG}kind` = 'retrain' and "
+                                                 f"tags.`{TAG}config_fingerprint` = '{fp}' and attributes.status = 'FINISHED'")
+            runs = [r for r in runs if "test_acc" in r.data.metrics]
+            if runs:
+                r = min(runs, key=lambda r: r.info.start_time)
+                self.retrains[k] = {"run_id": r.info.run_id, "metrics": dict(r.data.metrics), "reused": True,
+                                    "config": cfg}
+                continue
+            sel = self.selections[k.source]
+            tags = {f"{TAG}kind": "retrain", f"{TAG}pipeline": self.spec.name, f"{TAG}sweep": k.source,
                     f"{TAG}source_trial_run_id": sel.trial_run_id, f"{TAG}source_sweep_run_id": sel.sweep_run_id,
-                    f"{TAG}seed": str(seed), f"{TAG}config_fingerprint": fp, f"{TAG}method": cfg.method.name,
-                    f"{TAG}dataset": cfg.data.name}
-            run_id = start_run(uri, exp_id, f"{sweep}-seed{seed}", tags, parent_run_id=parent)
-            log_params(uri, run_id, cfg.flat())
-            log_artifact_text(uri, run_id, "config.yaml", dump_yaml(cfg))
-            pending.append((sweep, seed, cfg, run_id))
-    reused = len(jobs)
-    log(f"[retrain] {len(pending)} to train, {reused} reused from earlier runs")
-    if pending:
-        _run_retrains(spec, pending, jobs, out, log)
+                    f"{TAG}seed": str(k.seed), f"{TAG}config_fingerprint": fp, f"{TAG}method": cfg.method.name,
+                    f"{TAG}dataset": cfg.data.name, f"{TAG}set": k.set_json}
+            run_name = f"{k.source}-seed{k.seed}" + ("-" + ",".join(f"{p.split('.')[-1]}={v}" for p, v in k.set.items())
+                                                     if k.set else "")
+            run_id = start_run(self.uri, exp_id, run_name, tags, parent_run_id=self.parent)
+            log_params(self.uri, run_id, cfg.flat())
+            log_artifact_text(self.uri, run_id, "config.yaml", dump_yaml(cfg))
+            pending.append((k, cfg, run_id))
+        self.reused = len(self.retrains)
+        self.log(f"[retrain] {len(pending)} to train, {self.reused} reused from earlier runs")
+        if not pending:
+            return
+        import ray
 
-    # 3. tables
-    written: dict[str, dict[str, str]] = {}
-    lineage: dict[str, Any] = {"pipeline_run_id": parent, "tracking_uri": uri, "experiment": exp, "tables": {}}
-    for t in tables:
-        table = build_table(t, spec, selections, jobs)
-        files = {"md": render_markdown(table), "csv": render_csv(table), "tex": render_latex(table)}
-        written[t.name] = {}
-        for ext, text in files.items():
-            p = out / f"{t.name}.{ext}"
-            p.write_text(text)
-            written[t.name][ext] = str(p)
-            log_artifact_text(uri, parent, f"tables/{t.name}.{ext}", text)
-        lineage["tables"][t.name] = {
-            row.label: {"sweep": row.sweep, "sweep_run_id": selections[row.sweep].sweep_run_id,
-                        "trial_run_id": selections[row.sweep].trial_run_id,
-                        "selection": {selections[row.sweep].metric: selections[row.sweep].value},
-                        "retrain_run_ids": {str(s): jobs[(row.sweep, s)]["run_id"] for s in spec.seeds}}
-            for row in t.rows}
-    (out / "lineage.json").write_text(json.dumps(lineage, indent=2))
-    log_artifact_text(uri, parent, "lineage.json", json.dumps(lineage, indent=2))
-    index = "\n".join([f"# {spec.name}", ""] + [f"- [{t.title}]({t.name}.md) ([csv]({t.name}.csv), "
-                                                  f"[tex]({t.name}.tex))" for t in tables]) + "\n"
-    (out / "index.md").write_text(index)
-    set_status(uri, parent, "FINISHED")
-    return {"tables": written, "trained": len(pending), "reused": reused, "parent_run_id": parent,
-            "output_dir": str(out)}
+        task = ray.remote(num_cpus=self.spec.resources.cpu, num_gpus=self.spec.resources.gpu,
+                          max_retries=1)(_retrain_task)
+        out = Path(self.spec.output_dir) / "models"
+        refs = {task.remote(cfg.to_dict(), self.uri, run_id, str(out / f"{k.source}-seed{k.seed}-{cfg.fingerprint()}")):
+                (k, cfg, run_id) for k, cfg, run_id in pending}
+        t0 = time.time()
+
+        def done(ref, final):
+            k, cfg, run_id = refs[ref]
+            self.retrains[k] = {"run_id": run_id, "metrics": final, "reused": False, "config": cfg}
+            what = f"{k.source} {k.set_json}" if k.set else k.source
+            self.log(f"[retrain {len(self.retrains) - self.reused}/{len(refs)}] {what} seed {k.seed}: "
+                     f"test_acc={final.get('test_acc', float('nan')):.4f}  ({time.time() - t0:.0f}s)")
+
+        self._wait(refs, done, "retrain")
+        self.trained = len(pending)
+
+    def _wait(self, refs: dict, on_done, what: str) -> None:
+        import ray
+
+        from robust_core.tracking import set_status
+
+        errors, remaining = [], list(refs)
+        while remaining:
+            ready, remaining = ray.wait(remaining, num_returns=1)
+            try:
+                result = ray.get(ready[0])
+            except Exception as e:  # record and go on: the other work is kept; raised below
+                run_id = refs[ready[0]][-1]
+                set_status(self.uri, run_id, "FAILED")
+                errors.append(f"{what} run {run_id}: {e}")
+                continue
+            on_done(ready[0], result)
+        if errors:
+            raise RuntimeError(f"{what} failed for:\n  " + "\n  ".join(errors) + f"\nfinished {what}s are recorded in "
+                               "MLflow and will be reused when you rerun the pipeline")
+
+    # -------------------------------------------------------------- 3. evaluations
+    def run_evals(self, exp_id: str) -> None:
+        from robust_core.tracking import client, find_runs, start_run
+
+        pending = []
+        for key, u in sorted(self.plan.evals.items()):
+            runs = find_runs(self.uri, self.exp, f"tags.`{TAG}kind` = 'evaluation' and tags.`{TAG}eval_key` = '{key}'"
+                                                 " and attributes.status = 'FINISHED'")
+            if runs:
+                r = min(runs, key=lambda r: r.info.start_time)
+                with tempfile.TemporaryDirectory() as tmp:
+                    blob = json.loads(Path(client(self.uri).download_artifacts(r.info.run_id, EVAL_JSON, tmp))
+                                      .read_text())
+                self.evals[key] = {"run_id": r.info.run_id, "records": blob["records"], "audit": blob["audit"],
+                                   "reused": True}
+                continue
+            models = {"target": self.retrains[u.target]["run_id"]}
+            for name, rk, _ in u.sources:
+                models[f"source_{name}"] = self.retrains[rk]["run_id"]
+            if u.baseline is not None:
+                models["baseline"] = self.retrains[u.baseline[0]]["run_id"]
+            tags = {f"{TAG}kind": "evaluation", f"{TAG}eval_key": key, f"{TAG}suite": u.suite,
+                    f"{TAG}model_run_id": models["target"], f"{TAG}pipeline": self.spec.name,
+                    **{f"{TAG}{role}_run_id": rid for role, rid in models.items() if role != "target"}}
+            run_id = start_run(self.uri, exp_id, f"eval-{u.suite}-{u.target.source}-seed{u.target.seed}", tags,
+                               parent_run_id=models["target"])
+            from robust_core.tracking import log_params
+
+            log_params(self.uri, run_id, {"suite": u.suite, "inference": u.inference_json,
+                                          **{f"eval.{k}": v for k, v in json.loads(u.settings_json).items()}})
+            pending.append((key, u, models, run_id))
+        self.evals_reused = len(self.evals)
+        self.log(f"[eval] {len(pending)} to run, {self.evals_reused} reused from earlier runs")
+        if not pending:
+            return
+        import ray
+
+        task = ray.remote(num_cpus=self.spec.resources.cpu, num_gpus=self.spec.resources.gpu,
+                          max_retries=1)(_eval_task)
+        refs = {task.remote(_unit_dict(u), self.uri, models, run_id): (key, u, run_id)
+                for key, u, models, run_id in pending}
+        t0 = time.time()
+
+        def done(ref, result):
+            key, u, run_id = refs[ref]
+            self.evals[key] = {"run_id": run_id, **result, "reused": False}
+            self.log(f"[eval {len(self.evals) - self.evals_reused}/{len(refs)}] {u.suite} on {u.target.source} seed "
+                     f"{u.target.seed}  ({time.time() - t0:.0f}s)")
+
+        self._wait(refs, done, "evaluation")
+        self.evaluated = len(pending)
 
 
-def _run_retrains(spec: PipelineSpec, pending, jobs, out: Path, log) -> None:
-    import ray
+def _unit_dict(u: EvalUnit) -> dict[str, Any]:
+    return {"suite": u.suite, "inference_json": u.inference_json, "settings_json": u.settings_json,
+            "sources": [[n, None, inf] for n, _, inf in u.sources],
+            "baseline": None if u.baseline is None else [None, u.baseline[1]]}
 
-    from robust_core.tracking import set_status
+
+def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run: bool = False) -> dict[str, Any]:
+    """Run the pipeline (``only``: one table or figure). Returns {"tables": {name: {fmt: path}}, "figures": ...,
+    "trained", "reused", "evaluated", "evals_reused", "parent_run_id", "output_dir", "estimate"}.
+    ``dry_run``: validate, print the plan and its estimated cost, start nothing."""
+    from pipelines.cost import estimate
+    from pipelines.render import render_outputs
+
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # also inherited by local Ray workers
+    plan = make_plan(spec, only)  # every problem of the spec and its generated sweeps, before anything starts
+    est = estimate(plan)
+    log(est.summary())
+    if dry_run:
+        return {"tables": {}, "figures": {}, "trained": 0, "reused": 0, "evaluated": 0, "evals_reused": 0,
+                "parent_run_id": None, "output_dir": spec.output_dir, "estimate": est}
+    from robust_core.tracking import prepare_store, set_status, start_run
     from sweeps.runner import init_ray
 
+    r = Runner(plan, log)
+    r.check_data()
+    exp_id = prepare_store(r.uri, r.exp)
+    Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
     init_ray(spec.resources.cpu)
-    task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, max_retries=1)(_retrain_task)
-    refs = {}
-    for sweep, seed, cfg, run_id in pending:
-        model_dir = out / "models" / f"{sweep}-seed{seed}-{cfg.fingerprint()}"
-        refs[task.remote(cfg.to_dict(), spec.tracking.uri, run_id, str(model_dir))] = (sweep, seed, run_id)
-    t0, errors = time.time(), []
-    remaining = list(refs)
-    while remaining:
-        ready, remaining = ray.wait(remaining, num_returns=1)
-        sweep, seed, run_id = refs[ready[0]]
-        try:
-            final = ray.get(ready[0])
-        except Exception as e:  # record and go on: the other seeds' work is kept; raised below
-            set_status(spec.tracking.uri, run_id, "FAILED")
-            errors.append(f"{sweep} seed {seed} (run {run_id}): {e}")
-            continue
-        jobs[(sweep, seed)] = {"run_id": run_id, "metrics": final, "reused": False}
-        done = len(refs) - len(remaining)
-        log(f"[retrain {done}/{len(refs)}] {sweep} seed {seed}: test_acc={final.get('test_acc', float('nan')):.4f}"
-            f"  ({time.time() - t0:.0f}s)")
-    if errors:
-        raise RuntimeError("retrain failed for:\n  " + "\n  ".join(errors) + "\nfinished retrains are recorded in "
-                           "MLflow and will be reused when you rerun the pipeline")
-
-
-def build_table(t: TableSpec, spec: PipelineSpec, selections: dict[str, Selection], jobs) -> Table:
-    rows = []
-    for row in t.rows:
-        sel = selections[row.sweep]
-        cells = []
-        for col in t.columns:
-            got = [(jobs[(row.sweep, s)]["metrics"].get(col.metric), jobs[(row.sweep, s)]["run_id"]) for s in spec.seeds]
-            vals = tuple(v * col.scale for v, _ in got if v is not None)
-            ids = tuple(r for v, r in got if v is not None)
-            note = "" if vals else f"no {col.metric} recorded for {row.sweep}"
-            cells.append(Cell(vals, ids, note))
-        rows.append(Row(row.label, tuple(cells), source=f"{row.sweep}/{sel.trial_run_id}"))
-    return Table(t.name, t.title, tuple(c.label for c in t.columns), tuple(rows), t.higher_is_better, t.decimals)
+    r.run_sources()
+    r.parent = start_run(r.uri, exp_id, f"final-{spec.name}" + (f"-{only}" if only else ""),
+                         {f"{TAG}kind": "pipeline", f"{TAG}pipeline": spec.name})
+    try:
+        r.run_retrains(exp_id)
+        r.run_evals(exp_id)
+        written = render_outputs(r)
+    except BaseException:
+        set_status(r.uri, r.parent, "FAILED")
+        raise
+    set_status(r.uri, r.parent, "FINISHED")
+    return {**written, "trained": r.trained, "reused": r.reused, "evaluated": r.evaluated,
+            "evals_reused": r.evals_reused, "parent_run_id": r.parent, "output_dir": spec.output_dir, "estimate": est}

@@ -1,4 +1,18 @@
-"""Typed final-pipeline config: which sweeps feed which table rows, how many seeds, where outputs go."""
+"""Typed final-pipeline config: tables and figures (rows × columns, paper values), where each row's configuration
+comes from, how many seeds, and — for the paper-reproduction profiles — how each paper dataset is run here.
+
+Two ways to name a row's configuration:
+
+- ``sweep: NAME`` — the best trial of an existing sweep (its MLflow parent run), as in ``pipelines/demo.yaml``;
+- ``method: KEY`` — a key of ``methods:``; the pipeline then owns one sweep per (method, column setting), built
+  from the profile's ``datasets:`` entry (data, model, budget) and ``sweeps/spaces/<method>.yaml``, and runs it
+  if it has not finished yet.
+
+A profile file (``pipelines/paper.yaml``, ``laptop.yaml``, ``smoke.yaml``) says ``include: catalog.yaml`` (the
+papers' tables and figures, shared) and adds how each paper dataset is run: ``datasets: {mnist: {...}, svhn: null}``
+(``null`` = not available in this profile: its columns are left out, with a footnote). ``overrides:`` changes one
+table or figure by name (e.g. fewer seeds for a sensitivity table).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +20,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from robust_core.config import ConfigError, _format_errors, read_yaml
+from robust_core.config import ConfigError, _format_errors, deep_merge, read_yaml
+
+PAPER_DATASETS = ("mnist", "svhn", "cifar10", "cifar100")
+PAPER_STEPS = (20, 40, 100)  # the papers' PGD/CW step counts; a profile's eval.steps maps onto them in order
+NAME = r"^[A-Za-z0-9_.-]+$"
 
 
 class _Strict(BaseModel):
@@ -18,24 +36,110 @@ class TrackingSpec(_Strict):
     experiment: str = "robust-sweep"
 
 
+class MethodSpec(_Strict):
+    """What a row trains. method: registered method name. params: fixed method params (part of the sweep's base,
+    e.g. ``{norm: l1}`` for RO-L1). space: search-space entries merged over ``sweeps/spaces/<method>.yaml``'s
+    entry (``null`` removes one). inference: method params changed only when the trained model is evaluated (e.g.
+    ATLD's ``imt``): rows that differ only here share their sweep and retrains. space / model / train are keyed by
+    paper dataset or ``default``: model replaces the profile dataset's model for this method (e.g. a WideResNet for
+    the ATLD rows), train is merged over the profile dataset's train settings."""
+
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    inference: dict[str, Any] = Field(default_factory=dict)
+    model: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    train: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def for_dataset(self, field: str, paper: str | None) -> Any:
+        d = getattr(self, field)
+        return d.get(paper or "", d.get("default"))
+
+
 class RowSpec(_Strict):
     label: str
-    sweep: str  # name of the sweep (its MLflow parent run) the best configuration is taken from
+    sweep: str | None = None  # an existing sweep (MLflow parent run) the best configuration is taken from
+    method: str | None = None  # or: a key of `methods:` (the pipeline owns the sweeps)
+    set: dict[str, Any] = Field(default_factory=dict)  # dotted overrides on the selected config (sensitivity rows)
+    paper: list[float | None] | None = None  # published value per column (None = not reported / not transcribed)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "RowSpec":
+        if (self.sweep is None) == (self.method is None):
+            raise ValueError(f"row {self.label!r}: give exactly one of `sweep:` (an existing sweep) or `method:` "
+                             "(a key of `methods:`)")
+        return self
+
+
+Value = Literal["metric", "error", "attack", "epoch_time", "relative_epoch_time"]
 
 
 class ColumnSpec(_Strict):
+    """One column. dataset/labels: the paper's setting (``labels: null`` = supervised on all labels); omitted for
+    rows that name a `sweep:`. value: ``metric`` (a final metric of the retrain runs × scale, default test accuracy
+    in %), ``error`` (100 − test accuracy), ``attack`` (accuracy in % under ``suite``'s ``attack``, e.g. whitebox /
+    pgd-20), ``epoch_time`` (seconds per epoch), ``relative_epoch_time`` (÷ that of method ``relative_to``)."""
+
     label: str
-    metric: str = "test_acc"  # a final metric of the retrain runs
-    scale: float = 100.0  # accuracy fraction -> percent
+    dataset: str | None = None
+    labels: int | None = Field(None, ge=1)
+    value: Value = "metric"
+    metric: str = "test_acc"
+    scale: float = 100.0
+    suite: str | None = None
+    attack: str | None = None
+    relative_to: str | None = None  # a key of `methods:` (relative_epoch_time)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ColumnSpec":
+        if self.value == "attack" and (self.suite is None or self.attack is None):
+            raise ValueError(f"column {self.label!r}: value 'attack' needs `suite:` and `attack:`")
+        if self.value == "relative_epoch_time" and self.relative_to is None:
+            raise ValueError(f"column {self.label!r}: value 'relative_epoch_time' needs `relative_to:` (a method key)")
+        if self.dataset is not None and self.dataset not in PAPER_DATASETS:
+            raise ValueError(f"column {self.label!r}: dataset {self.dataset!r} is not one of {PAPER_DATASETS}")
+        return self
 
 
 class TableSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME)
     title: str
+    paper: str = ""  # citation shown under the table
     rows: list[RowSpec] = Field(min_length=1)
     columns: list[ColumnSpec] = Field(default_factory=lambda: [ColumnSpec(label="test accuracy (%)")])
     higher_is_better: bool = True
     decimals: int = Field(2, ge=0, le=6)
+    seeds: list[int] | None = None  # default: the pipeline's seeds
+    sources: dict[str, str] = Field(default_factory=dict)  # transfer: source name -> row label
+    baseline: str | None = None  # fixed_set: the row whose model the fixed adversarial set is generated on
+    notes: list[str] = Field(default_factory=list)
+
+
+FigureKind = Literal["curves", "budget", "epochs", "epochs_to_reach", "bars"]
+
+
+class SettingSpec(_Strict):
+    dataset: str
+    labels: int | None = Field(None, ge=1)
+
+
+class FigureSpec(_Strict):
+    """kind: ``curves`` (accuracy vs ε of ``attacks`` ⊂ {fgsm, l2grad}, suite curves), ``budget`` (accuracy vs ε
+    of ``attacks`` ⊂ {pgd, cw}, suite budget), ``epochs`` (train/test error per epoch of the retrains; one panel per
+    pair in ``pairs``), ``epochs_to_reach`` (first epoch whose test accuracy reaches each of ``thresholds`` %),
+    ``bars`` (accuracy under ``attacks`` of suite whitebox, one group per attack). One panel per setting (× attack
+    for curves/budget)."""
+
+    name: str = Field(pattern=NAME)
+    title: str
+    paper: str = ""
+    kind: FigureKind
+    rows: list[RowSpec] = Field(min_length=1)
+    settings: list[SettingSpec] = Field(min_length=1)
+    attacks: list[str] = Field(default_factory=list)
+    pairs: list[list[str]] = Field(default_factory=list)  # epochs: row labels shown together
+    thresholds: list[float] = Field(default_factory=list)  # epochs_to_reach: test accuracies in %
+    seeds: list[int] | None = None
 
 
 class ResourcesSpec(_Strict):
@@ -43,8 +147,43 @@ class ResourcesSpec(_Strict):
     gpu: float = Field(0, ge=0)
 
 
+class DatasetProfile(_Strict):
+    """How a paper dataset is run in this profile. name: registered dataset. model: {name, params}. train: train
+    config overrides (epochs, steps_per_epoch, batch sizes, lr, ...). labels: paper label count -> this profile's
+    (unlisted counts are kept). n_val: validation examples carved from train. eval: ``EvalSettings`` fields (eps,
+    l2_eps, steps, step_frac, restarts, batch_size, eps_grid, l2_grid, eot_samples, autoattack, n_examples)."""
+
+    name: str
+    display: str | None = None  # column header name (default: the dataset name)
+    model: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp"})
+    train: dict[str, Any] = Field(default_factory=dict)
+    labels: dict[int, int] = Field(default_factory=dict)
+    n_val: int | None = Field(None, ge=1)
+    eval: dict[str, Any] = Field(default_factory=dict)
+    cost_step_s: float | None = Field(None, gt=0)  # seconds per supervised (MLE) training step, for the estimate
+    train_size: int | None = Field(None, ge=1)  # examples in train (for the estimate when steps_per_epoch is null)
+
+
+class SchedulerSpec(_Strict):
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2, gt=1)
+
+
+class SweepDefaults(_Strict):
+    """Sweeps the pipeline owns. mode: ``sweep`` (Ray Tune + Optuna + ASHA, then the best trial on the validation
+    metric) or ``defaults`` (no search: the method's defaults and the profile's budget; for the smoke profile)."""
+
+    mode: Literal["sweep", "defaults"] = "sweep"
+    num_trials: int = Field(8, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    seed: int = 0
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    storage: str = "./runs/ray"
+
+
 class PipelineSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME)
     output_dir: str = "results"
     tracking: TrackingSpec
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)  # 5, as the papers do
@@ -53,7 +192,15 @@ class PipelineSpec(_Strict):
     selection_metric: str = "val_acc"  # read from the sweep's trials; never a test metric
     selection_mode: Literal["max", "min"] = "max"
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    tables: list[TableSpec] = Field(min_length=1)
+    title_suffix: str = ""  # appended to every title, e.g. "mnist5k, reduced budget"
+    data_root: str = "./data"
+    generate_tiny_data: bool = False  # smoke: write tiny learnable datasets in torchvision's format to data_root
+    datasets: dict[str, DatasetProfile | None] = Field(default_factory=dict)
+    stand_in: str | None = None  # a key of `datasets:` run in place of a table's first dataset when none is available
+    sweep: SweepDefaults = Field(default_factory=SweepDefaults)
+    methods: dict[str, MethodSpec] = Field(default_factory=dict)
+    tables: list[TableSpec] = Field(default_factory=list)
+    figures: list[FigureSpec] = Field(default_factory=list)
 
     @field_validator("selection_metric")
     @classmethod
@@ -70,32 +217,140 @@ class PipelineSpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _unique_tables(self) -> "PipelineSpec":
-        names = [t.name for t in self.tables]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"table names must be unique; repeated: {', '.join(sorted(dup))}")
+    def _cross(self) -> "PipelineSpec":
+        problems = cross_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
+    @property
+    def outputs(self) -> list[str]:
+        return [t.name for t in self.tables] + [f.name for f in self.figures]
 
-def _absolutise(raw: dict[str, Any]) -> dict[str, Any]:
+
+def cross_problems(spec: PipelineSpec) -> list[str]:
+    """Checks across sections (names, references), all listed at once."""
+    from robust_core.registry import DATASETS, METHODS
+
+    p: list[str] = []
+    if not spec.tables and not spec.figures:
+        p.append("tables/figures: a pipeline needs at least one table or figure")
+    names = spec.outputs
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        p.append(f"table/figure names must be unique; repeated: {', '.join(dup)}")
+    for key, m in spec.methods.items():
+        if m.method not in METHODS.names():
+            p.append(f"methods.{key}.method: unknown method {m.method!r}; known: {', '.join(METHODS.names())}")
+    for key, d in spec.datasets.items():
+        if key not in PAPER_DATASETS:
+            p.append(f"datasets.{key}: not a paper dataset; use one of {', '.join(PAPER_DATASETS)}")
+        if d is not None and d.name not in DATASETS.names():
+            p.append(f"datasets.{key}.name: unknown dataset {d.name!r}; known: {', '.join(DATASETS.names())}")
+    if spec.stand_in is not None and spec.datasets.get(spec.stand_in) is None:
+        p.append(f"stand_in: {spec.stand_in!r} must be a key of `datasets:` that is not null")
+    for kind, items in (("tables", spec.tables), ("figures", spec.figures)):
+        for t in items:
+            where = f"{kind}.{t.name}"
+            labels = [r.label for r in t.rows]
+            for r in t.rows:
+                if r.method is not None and r.method not in spec.methods:
+                    p.append(f"{where}: row {r.label!r} names method {r.method!r}, which is not a key of `methods:`")
+            if isinstance(t, TableSpec):
+                for r in t.rows:
+                    if r.paper is not None and len(r.paper) != len(t.columns):
+                        p.append(f"{where}: row {r.label!r} has {len(r.paper)} paper values for {len(t.columns)} "
+                                 "columns (write null where the paper reports none)")
+                for c in t.columns:
+                    if c.relative_to is not None and c.relative_to not in spec.methods:
+                        p.append(f"{where}: column {c.label!r}: relative_to {c.relative_to!r} is not a method key")
+                    if c.dataset is None and any(r.method is not None for r in t.rows):
+                        p.append(f"{where}: column {c.label!r} needs `dataset:` (its rows name methods)")
+                    if c.suite == "transfer" and c.attack and c.attack.startswith("from_"):
+                        src = c.attack[len("from_"):]
+                        if src not in t.sources:
+                            p.append(f"{where}: column {c.label!r} attacks from {src!r}, not in `sources:`")
+                for s, lab in t.sources.items():
+                    if lab not in labels:
+                        p.append(f"{where}: sources.{s} = {lab!r} is not a row label")
+                if t.baseline is not None and t.baseline not in labels:
+                    p.append(f"{where}: baseline {t.baseline!r} is not a row label")
+                if any(c.suite == "fixed_set" for c in t.columns) and t.baseline is None:
+                    p.append(f"{where}: fixed_set columns need `baseline:` (the row the fixed set is made on)")
+            else:
+                for pair in t.pairs:
+                    for lab in pair:
+                        if lab not in labels:
+                            p.append(f"{where}: pairs names {lab!r}, not a row label")
+                if t.kind == "epochs_to_reach" and not t.thresholds:
+                    p.append(f"{where}: kind epochs_to_reach needs `thresholds:` (test accuracies in %)")
+                if t.kind in ("curves", "budget", "bars") and not t.attacks:
+                    p.append(f"{where}: kind {t.kind} needs `attacks:`")
+                for s in t.settings:
+                    if s.dataset not in PAPER_DATASETS:
+                        p.append(f"{where}: setting dataset {s.dataset!r} is not one of {PAPER_DATASETS}")
+            if t.seeds is not None and len(set(t.seeds)) != len(t.seeds):
+                p.append(f"{where}: seeds must be distinct")
+    return p
+
+
+def _absolutise(raw: dict[str, Any], cwd: Path) -> dict[str, Any]:
     from sweeps.spec import resolve_sqlite
 
     raw = dict(raw)
     tr = dict(raw.get("tracking") or {})
     if isinstance(tr.get("uri"), str):
-        tr["uri"] = resolve_sqlite(tr["uri"], Path.cwd())
+        tr["uri"] = resolve_sqlite(tr["uri"], cwd)
         raw["tracking"] = tr
-    if isinstance(raw.get("output_dir"), str):
-        raw["output_dir"] = str(Path(raw["output_dir"]).expanduser().resolve())
+    for key in ("output_dir", "data_root"):
+        if isinstance(raw.get(key), str) and "://" not in raw[key]:
+            raw[key] = str((cwd / Path(raw[key]).expanduser()).resolve())
+    sw = raw.get("sweep")
+    if isinstance(sw, dict) and isinstance(sw.get("storage"), str) and "://" not in sw["storage"]:
+        raw["sweep"] = {**sw, "storage": str((cwd / Path(sw["storage"]).expanduser()).resolve())}
     return raw
 
 
-def load_pipeline_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineSpec:
-    from robust_core.config import deep_merge
+def _apply_overrides(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """``overrides: {NAME: {...}}`` deep-merges into the table or figure called NAME (from the catalogue)."""
+    over = raw.pop("overrides", None) or {}
+    if not isinstance(over, dict):
+        problems.append("overrides: must map a table/figure name to the fields to change")
+        return raw
+    for kind in ("tables", "figures"):
+        items = raw.get(kind) or []
+        raw[kind] = [deep_merge(it, over.pop(it.get("name"), {})) if isinstance(it, dict) else it for it in items]
+    for name in over:
+        problems.append(f"overrides.{name}: no table or figure of that name")
+    return raw
 
-    raw = deep_merge(read_yaml(path), overrides or {})
+
+def read_with_include(path: str | Path) -> dict[str, Any]:
+    """The YAML at ``path``, on top of the file its ``include:`` names (relative to it), recursively."""
+    path = Path(path)
+    raw = read_yaml(path)
+    inc = raw.pop("include", None)
+    if inc is None:
+        return raw
+    base_path = (path.parent / inc).resolve()
+    if not base_path.is_file():
+        raise ConfigError([f"include: {inc!r} not found (looked for {base_path})"], str(path))
+    base = read_with_include(base_path)
+    for key in ("tables", "figures"):  # lists: a profile may add to the catalogue's, never silently replace
+        if key in raw and key in base:
+            raw[key] = list(base[key]) + list(raw[key])
+    return deep_merge(base, raw)
+
+
+def load_pipeline_spec(path: str | Path, overrides: dict[str, Any] | None = None,
+                       cwd: str | Path | None = None) -> PipelineSpec:
+    raw = deep_merge(read_with_include(path), overrides or {})
+    problems: list[str] = []
+    raw = _apply_overrides(raw, problems)
     try:
-        return PipelineSpec.model_validate(_absolutise(raw))
+        spec = PipelineSpec.model_validate(_absolutise(raw, Path(cwd or Path.cwd()).resolve()))
     except ValidationError as e:
-        raise ConfigError(_format_errors(e), str(path)) from None
+        raise ConfigError(problems + _format_errors(e), str(path)) from None
+    if problems:
+        raise ConfigError(problems, str(path))
+    return spec

@@ -1,4 +1,4 @@
-"""Result tables: mean ± std over seeds, best in bold, rendered as Markdown, CSV and LaTeX.
+"""Result tables: ``ours ± std (paper)`` per cell, best in bold, rendered as Markdown, CSV and LaTeX.
 
 Pure functions of a ``Table`` (no MLflow, no Ray) so rendering is golden-tested on fixed inputs.
 """
@@ -16,6 +16,12 @@ class Cell:
     values: tuple[float, ...]  # one per seed, in the table's unit (e.g. accuracy in %)
     run_ids: tuple[str, ...] = ()  # MLflow runs that produced the values (lineage)
     note: str = ""  # why a cell is missing, or a warning; becomes a footnote
+    paper: float | None = None  # the published value, shown in parentheses (not part of the bolding)
+    notes: tuple[str, ...] = ()  # more footnotes (e.g. masking-audit warnings of the records behind the cell)
+
+    @property
+    def all_notes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(((self.note,) if self.note else ()) + self.notes))
 
     @property
     def mean(self) -> float:
@@ -58,20 +64,27 @@ def _pm(cell: Cell, d: int, pm: str = " ± ") -> str:
     return f"{cell.mean:.{d}f}{pm}{cell.std:.{d}f}"
 
 
+def _paper(cell: Cell, d: int) -> str:
+    return "" if cell.paper is None else f" ({cell.paper:.{d}f})"
+
+
 def _md(s: str) -> str:
     return s.replace("|", "\\|")
 
 
-def _cell_notes(t: Table) -> tuple[dict[tuple[int, int], int], list[str]]:
+def _cell_notes(t: Table) -> tuple[dict[tuple[int, int], str], list[str]]:
     """Footnote number for each cell that has a note; returns the mapping and the footnote texts."""
-    marks: dict[tuple[int, int], int] = {}
+    marks: dict[tuple[int, int], str] = {}
     notes: list[str] = list(t.footnotes)
     for i, r in enumerate(t.rows):
         for j, c in enumerate(r.cells):
-            if c.note:
-                if c.note not in notes:
-                    notes.append(c.note)
-                marks[(i, j)] = notes.index(c.note) + 1
+            ks = []
+            for n in c.all_notes:
+                if n not in notes:
+                    notes.append(n)
+                ks.append(str(notes.index(n) + 1))
+            if ks:
+                marks[(i, j)] = ",".join(ks)
     return marks, notes
 
 
@@ -86,12 +99,14 @@ def render_markdown(t: Table) -> str:
             s = _pm(c, t.decimals) if c.values else "—"
             if i in best[j]:
                 s = f"**{s}**"
+            s += _paper(c, t.decimals)
             if (i, j) in marks:
                 s += f" [{marks[(i, j)]}]"
             cells.append(s)
         lines.append(f"| {_md(r.label)} | " + " | ".join(cells) + " |")
     n = sorted({len(c.values) for r in t.rows for c in r.cells if c.values})
-    lines += ["", f"Mean ± sample std over {'/'.join(map(str, n)) or 0} seeds; best in bold."]
+    paper = " (published value in parentheses)" if any(c.paper is not None for r in t.rows for c in r.cells) else ""
+    lines += ["", f"Mean ± sample std over {'/'.join(map(str, n)) or 0} seeds; best in bold{paper}."]
     lines += [f"[{k}] {note}" for k, note in enumerate(notes, 1)]
     return "\n".join(lines) + "\n"
 
@@ -99,11 +114,12 @@ def render_markdown(t: Table) -> str:
 def render_csv(t: Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["table", "method", "column", "mean", "std", "n", "values", "run_ids", "source", "note"])
+    w.writerow(["table", "method", "column", "mean", "std", "n", "values", "run_ids", "source", "note", "paper"])
     for r in t.rows:
         for col, c in zip(t.columns, r.cells):
             w.writerow([t.name, r.label, col, f"{c.mean:.6f}" if c.values else "", f"{c.std:.6f}" if c.values else "",
-                        len(c.values), ";".join(f"{v:.6f}" for v in c.values), ";".join(c.run_ids), r.source, c.note])
+                        len(c.values), ";".join(f"{v:.6f}" for v in c.values), ";".join(c.run_ids), r.source,
+                        " | ".join(c.all_notes), "" if c.paper is None else f"{c.paper:.6f}"])
     return buf.getvalue()
 
 
@@ -127,6 +143,7 @@ def render_latex(t: Table) -> str:
             s = _pm(c, t.decimals, " $\\pm$ ") if c.values else "---"
             if i in best[j]:
                 s = f"\\textbf{{{s}}}"
+            s += _paper(c, t.decimals)
             if (i, j) in marks:
                 s += f"$^{{{marks[(i, j)]}}}$"
             cells.append(s)

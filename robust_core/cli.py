@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from robust_core.config import ConfigError
@@ -74,11 +75,18 @@ def cmd_final(args: argparse.Namespace) -> int:
     from pipelines.spec import load_pipeline_spec
 
     spec = load_pipeline_spec(args.config)
-    res = run_pipeline(spec, only=args.only)
+    t0 = time.time()
+    res = run_pipeline(spec, only=args.only, dry_run=args.dry_run)
+    if args.dry_run:
+        print("dry run: the pipeline config and every sweep it would run are valid; nothing was started")
+        return 0
     for name, files in res["tables"].items():
-        print(f"table {name}: {files['md']}")
         print(Path(files["md"]).read_text())
-    print(f"trained {res['trained']} retrain(s), reused {res['reused']}; lineage: {res['output_dir']}/lineage.json")
+    for name, files in res["figures"].items():
+        print(f"figure {name}: {files['png']} (also .pdf, data .csv)")
+    print(f"trained {res['trained']} model(s), reused {res['reused']}; ran {res['evaluated']} evaluation(s), reused "
+          f"{res['evals_reused']}; {(time.time() - t0) / 60:.1f} min")
+    print(f"index: {res['index']}; lineage: {res['output_dir']}/lineage.json")
     return 0
 
 
@@ -120,9 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(s)
     s.set_defaults(func=cmd_sweep)
 
-    f = sub.add_parser("final", help="best config per row -> retrain x seeds -> test -> tables")
-    f.add_argument("config", help="pipeline YAML, e.g. pipelines/demo.yaml")
-    f.add_argument("--only", help="render only this table")
+    f = sub.add_parser("final", help="sweeps -> best config per row -> retrain x seeds -> evaluate -> tables, figures",
+                       description="Run a results pipeline: pipelines/demo.yaml, or a paper-reproduction profile "
+                                   "(pipelines/smoke.yaml, laptop.yaml, paper.yaml). Reruns reuse finished work.")
+    f.add_argument("config", help="pipeline YAML, e.g. pipelines/laptop.yaml")
+    f.add_argument("--only", metavar="NAME", help="compute and render only this table or figure")
+    f.add_argument("--dry-run", action="store_true", help="validate, print the plan's estimated cost, start nothing")
     f.set_defaults(func=cmd_final)
 
     e = sub.add_parser("eval", help="robustness evaluation of a saved model or an MLflow run's model")

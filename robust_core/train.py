@@ -120,19 +120,21 @@ class FitResult:
 
 
 def fit(cfg: RunConfig, reporter: Reporter | None = None, data: PreparedData | None = None,
-        progress: bool = False) -> FitResult:
+        progress: bool = False, test_each_epoch: bool = False) -> FitResult:
     """Train ``cfg``; resumes from ``reporter.restore()`` when it has a checkpoint. Restores the caller's global
-    deterministic-algorithms setting on return."""
+    deterministic-algorithms setting on return. ``test_each_epoch`` adds the test accuracy to every epoch's metrics
+    (for learning-curve figures of final retrains only; sweeps never set it, so selection cannot see it)."""
     was = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _fit(cfg, reporter, data, progress)
+        return _fit(cfg, reporter, data, progress, test_each_epoch)
     finally:
         torch.use_deterministic_algorithms(was[0], warn_only=was[1])
 
 
-def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, progress: bool) -> FitResult:
+def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, progress: bool,
+         test_each_epoch: bool = False) -> FitResult:
     t = cfg.train
     dev = resolve_device(t.device)
     seed_everything(t.seed)
@@ -246,6 +248,10 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
         val = evaluate(method.inference_model(model), xv, yv, t.eval_batch_size)
         metrics.update(epoch=epoch + 1, val_acc=val["acc"], val_loss=val["loss"], lr=sched.get_last_lr()[0],
                        step=(epoch + 1) * spe, epoch_time_s=time.perf_counter() - t0)
+        if test_each_epoch:  # after epoch_time_s: the timing is of training and validation only
+            xt, yt = data.test
+            te = evaluate(method.inference_model(model), xt, yt, t.eval_batch_size)
+            metrics.update(test_acc=te["acc"], test_loss=te["loss"])
         history.append(metrics)
         if reporter is not None:
             reporter.report(metrics, checkpoint(epoch + 1))

@@ -22,15 +22,17 @@ MODEL_FILE = "model.pt"
 
 
 def run_trial(cfg: RunConfig, reporter: Reporter | None = None, *, out_dir: str | Path | None = None,
-              evaluate_test: bool = False, progress: bool = False, data: PreparedData | None = None
-              ) -> tuple[dict[str, Any], FitResult]:
-    """Train one config; returns (final metrics, fit result). Writes ``model.pt`` + ``config.yaml`` to ``out_dir``."""
-    res = fit(cfg, reporter, data=data, progress=progress)
+              evaluate_test: bool = False, progress: bool = False, data: PreparedData | None = None,
+              test_each_epoch: bool = False) -> tuple[dict[str, Any], FitResult]:
+    """Train one config; returns (final metrics, fit result). Writes ``model.pt`` + ``config.yaml`` to ``out_dir``.
+    ``test_each_epoch`` (final retrains only, implies ``evaluate_test``): test accuracy in every epoch's metrics."""
+    res = fit(cfg, reporter, data=data, progress=progress, test_each_epoch=test_each_epoch)
     final: dict[str, Any] = dict(res.last)
     final["best_val_acc"] = max(h["val_acc"] for h in res.history)
     final["split_fingerprint"] = res.data.splits.fingerprint()
     final["config_fingerprint"] = cfg.fingerprint()
-    if evaluate_test:
+    final["mean_epoch_time_s"] = sum(h["epoch_time_s"] for h in res.history) / len(res.history)
+    if evaluate_test or test_each_epoch:
         xt, yt = res.data.test
         te = evaluate(res.inference_model, xt, yt, cfg.train.eval_batch_size)
         final.update(test_acc=te["acc"], test_loss=te["loss"], n_test=len(yt))
@@ -51,9 +53,12 @@ def save_trained(res: FitResult, cfg: RunConfig, out_dir: Path) -> Path:
     return path
 
 
-def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[RunConfig, nn.Module, Method]:
+def load_trained(path: str | Path, device: str | torch.device = "cpu", inference: dict[str, Any] | None = None
+                 ) -> tuple[RunConfig, nn.Module, Method]:
     """Rebuild a model saved by ``run_trial``. Returns (config, classifier, method); the model to evaluate and attack
-    is ``method.inference_model(classifier)``. Dataset files are not needed (only the dataset's static info)."""
+    is ``method.inference_model(classifier)``. Dataset files are not needed (only the dataset's static info).
+    ``inference``: method params changed for evaluation only (e.g. ATLD's ``{"imt": "none"}``); the returned config
+    says so."""
     from robust_core.registry import DATASETS
 
     p = Path(path)
@@ -62,7 +67,10 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     if not p.is_file():
         raise FileNotFoundError(f"no saved model at {p} (expected the {MODEL_FILE} written by robust-sweep trial)")
     blob = torch.load(p, map_location="cpu", weights_only=False)
-    cfg = build_run_config(blob["config"], str(p))
+    raw = blob["config"]
+    if inference:
+        raw = {**raw, "method": {**raw["method"], "params": {**raw["method"].get("params", {}), **inference}}}
+    cfg = build_run_config(raw, str(p))
     info = DATASETS.get(cfg.data.name).info
     model = build_model(cfg.model, info)
     model.load_state_dict(blob["model"])

@@ -6,8 +6,6 @@ swaps axes, channels or rows, or forgets the /255, fails.
 """
 from __future__ import annotations
 
-import pickle
-import struct
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 from robust_core.config import DataConfig, load_run_config
 from robust_core.data import DataMissingError, prepare_data
 from robust_core.data.sources.torchvision_sets import CorruptDataError
+from robust_core.data.tiny import write_idx, write_in_format, write_pickle
 from robust_core.models import build_model
 from robust_core.registry import DATASETS
 
@@ -43,17 +42,6 @@ def _images(rng: np.random.Generator, n: int, c: int, hw: int) -> np.ndarray:
     return x
 
 
-def _write_idx(path: Path, magic: int, a: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(struct.pack(f">{1 + a.ndim}I", magic, *a.shape) + a.astype(np.uint8).tobytes())
-
-
-def _write_pickle(path: Path, d: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(d, f)
-
-
 def write_tiny(name: str, root: Path, seed: int = 0) -> dict[str, np.ndarray]:
     """Write a tiny copy of dataset ``name`` under ``root``; return the uint8 NCHW images and the 0-based labels."""
     rng = np.random.default_rng(seed)
@@ -61,28 +49,7 @@ def write_tiny(name: str, root: Path, seed: int = 0) -> dict[str, np.ndarray]:
     c, hw = (1, 28) if name == "mnist" else (3, 32)
     x_tr, x_te = _images(rng, n_tr, c, hw), _images(rng, N_TEST, c, hw)
     y_tr, y_te = np.arange(n_tr) % k, rng.integers(0, k, N_TEST)
-    if name == "mnist":
-        raw = root / "MNIST" / "raw"
-        for split, x, y in (("train", x_tr, y_tr), ("t10k", x_te, y_te)):
-            _write_idx(raw / f"{split}-images-idx3-ubyte", 2051, x[:, 0])
-            _write_idx(raw / f"{split}-labels-idx1-ubyte", 2049, y)
-    elif name == "svhn":
-        for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
-            y_file = np.where(y == 0, 10, y).astype(np.uint8).reshape(-1, 1)  # the file stores digit 0 as 10
-            # X[h, w, c, n] = image n, channel c, row h, column w
-            scipy.io.savemat(root / f"{split}_32x32.mat", {"X": x.transpose(2, 3, 1, 0), "y": y_file})
-    elif name == "cifar10":
-        folder = root / "cifar-10-batches-py"
-        for i, chunk in enumerate(np.array_split(np.arange(n_tr), 5), start=1):
-            _write_pickle(folder / f"data_batch_{i}", {b"batch_label": b"training batch",
-                                                       b"labels": y_tr[chunk].tolist(),
-                                                       b"data": x_tr[chunk].reshape(len(chunk), -1)})
-        _write_pickle(folder / "test_batch", {b"labels": y_te.tolist(), b"data": x_te.reshape(N_TEST, -1)})
-    elif name == "cifar100":
-        folder = root / "cifar-100-python"  # str keys here (bytes keys above): the loader accepts both
-        for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
-            _write_pickle(folder / split, {"fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist(),
-                                           "data": x.reshape(len(x), -1)})
+    write_in_format(name, root, x_tr, y_tr, x_te, y_te)
     return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
 
 
@@ -228,10 +195,10 @@ def test_truncated_file_raises_naming_it(name, tmp_path):
 def test_mnist_wrong_magic_and_label_count(tmp_path):
     write_tiny("mnist", tmp_path)
     raw = tmp_path / "MNIST" / "raw"
-    _write_idx(raw / "t10k-labels-idx1-ubyte", 2049, np.arange(N_TEST + 1) % 10)  # one label too many
+    write_idx(raw / "t10k-labels-idx1-ubyte", 2049, np.arange(N_TEST + 1) % 10)  # one label too many
     with pytest.raises(CorruptDataError, match=f"{N_TEST + 1} labels for the {N_TEST} images"):
         DATASETS.get("mnist").load(tmp_path, False)
-    _write_idx(raw / "train-labels-idx1-ubyte", 2051, np.zeros(N_TRAIN["mnist"], dtype=np.uint8))  # images' magic
+    write_idx(raw / "train-labels-idx1-ubyte", 2051, np.zeros(N_TRAIN["mnist"], dtype=np.uint8))  # images' magic
     with pytest.raises(CorruptDataError, match="idx magic number 2051, expected 2049"):
         DATASETS.get("mnist").load(tmp_path, False)
 
@@ -239,10 +206,10 @@ def test_mnist_wrong_magic_and_label_count(tmp_path):
 def test_cifar_label_out_of_range_and_wrong_shape(tmp_path):
     write_tiny("cifar10", tmp_path)
     folder = tmp_path / "cifar-10-batches-py"
-    _write_pickle(folder / "test_batch", {b"labels": [10] * 2, b"data": np.zeros((2, 3072), np.uint8)})
+    write_pickle(folder / "test_batch", {b"labels": [10] * 2, b"data": np.zeros((2, 3072), np.uint8)})
     with pytest.raises(CorruptDataError, match=r"labels span 10\.\.10, expected 0\.\.9"):
         DATASETS.get("cifar10").load(tmp_path, False)
-    _write_pickle(folder / "test_batch", {b"labels": [1], b"data": np.zeros((1, 1024), np.uint8)})
+    write_pickle(folder / "test_batch", {b"labels": [1], b"data": np.zeros((1, 1024), np.uint8)})
     with pytest.raises(CorruptDataError, match=r"shape \(1, 1024\), expected uint8 of shape \(N, 3072\)"):
         DATASETS.get("cifar10").load(tmp_path, False)
 

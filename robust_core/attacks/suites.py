@@ -158,6 +158,23 @@ def curves(model, data, settings: EvalSettings = EvalSettings()) -> list[EvalRec
     return recs
 
 
+def budget(model, data, settings: EvalSettings = EvalSettings()) -> list[EvalRecord]:
+    """Accuracy vs attack budget (ATLD fig. 3): PGD-k and CW-k (k = the first of ``settings.steps``) at every
+    L∞ radius of the curve grid (ε > 0), step ε·step_frac."""
+    x, y, sub = select(data, settings)
+    k = settings.steps[0]
+    recs = []
+    with ExitStack() as st:
+        _modes(st, model)
+        for e in settings.linf_grid:
+            if e <= 0:
+                continue
+            for atk in (PGD(eps=e, n_steps=k, step_frac=settings.step_frac, n_restarts=settings.restarts),
+                        CW(eps=e, n_steps=k, step_frac=settings.step_frac, n_restarts=settings.restarts)):
+                recs.append(_attack_record("budget", atk, model, x, y, sub, settings))
+    return recs
+
+
 def autoattack(model, data, settings: EvalSettings = EvalSettings()) -> list[EvalRecord]:
     """AutoAttack (standard version unless ``settings.autoattack`` says otherwise) at the L∞ ε; the full test set
     unless ``n_examples`` is set, in which case the records say subset=True (model selection only)."""
@@ -307,7 +324,7 @@ def _objective_loss(obj: Objective):
 
 
 SUITES: dict[str, Callable[..., list[EvalRecord]]] = {
-    "whitebox": whitebox, "curves": curves, "autoattack": autoattack, "fixed_set": fixed_set,
+    "whitebox": whitebox, "curves": curves, "budget": budget, "autoattack": autoattack, "fixed_set": fixed_set,
     "transfer": transfer, "adaptive": adaptive,
 }
 

@@ -1,0 +1,112 @@
+"""A rough cost estimate of a pipeline plan, printed before anything starts.
+
+cost of one training step = ``datasets.<d>.cost_step_s`` (seconds per supervised MLE step of the profile's model and
+batch on the profile's device: an assumption written in the profile) × the method's relative cost per step
+(``STEP_COST``, measured on CPU with ``benchmarks/short_budget.py``, see benchmarks/RESULTS.md). An attack pass over
+the test set costs about one training step per batch of ``batch_size`` examples. Sweeps are counted at their full
+budget (ASHA usually stops half or more of the trials early), so the sweep figure is an upper bound.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from pipelines.plan import Plan
+
+# × MLE per training step (benchmarks/RESULTS.md, 4×100 steps, MLP on mnist5k, 1 thread)
+STEP_COST = {"mle": 1.0, "at_fgsm": 2.5, "at_l2": 2.2, "ro": 1.6, "pgd_at": 4.7, "trades": 7.7, "ater": 4.6,
+             "atld": 2.1, "xat": 2.6, "vat": 4.3, "vater": 5.4, "xvat": 3.7, "fat": 6.7}
+TRAIN_SIZE = {"mnist": 60000, "svhn": 73257, "cifar10": 50000, "cifar100": 50000, "mnist5k": 4000}
+TEST_SIZE = {"mnist": 10000, "svhn": 26032, "cifar10": 10000, "cifar100": 10000, "mnist5k": 1000}
+
+
+def attack_passes(suite: str, ev: dict) -> int:
+    """Forward+backward passes over the evaluated examples one suite needs (+ the masking probe's ~50)."""
+    steps = ev.get("steps") or [20, 40, 100]
+    k = steps[0]
+    grid = len(ev.get("eps_grid") or [0] * 8)
+    l2 = len(ev.get("l2_grid") or [0] * 8)
+    probe = 50
+    return probe + {
+        "whitebox": 2 + 2 * sum(steps),
+        "curves": grid + l2,
+        "budget": 2 * k * grid,
+        "autoattack": 3000,  # standard: APGD-CE 100 + APGD-T 9×100 + FAB-T 9×100 + Square 5000 queries (fwd only)
+        "transfer": 1 + k * 3,
+        "fixed_set": 4,
+        "adaptive": 3 * k * int(ev.get("eot_samples", 1) or 1),
+    }.get(suite, 100)
+
+
+@dataclass
+class Estimate:
+    device: str
+    hours: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        return sum(self.hours.values())
+
+    def summary(self) -> str:
+        lines = [f"[estimate] rough cost before starting ({self.device}-hours; assumptions in pipelines/cost.py and "
+                 "the profile's cost_step_s):"]
+        for phase in ("sweeps", "retrains", "evaluations"):
+            lines.append(f"  {phase:<12} {self.counts.get(phase, 0):>5} units  {self.hours.get(phase, 0.0):9.2f} h")
+        lines.append(f"  {'total':<12} {'':>5}        {self.total:9.2f} h (already finished work found in MLflow "
+                     "is not redone)")
+        if self.unknown:
+            lines.append("  not estimated (no cost_step_s in the profile): " + ", ".join(sorted(set(self.unknown))))
+        return "\n".join(lines)
+
+
+def estimate(plan: Plan) -> Estimate:
+    spec = plan.spec
+    est = Estimate("GPU" if spec.resources.gpu > 0 else "CPU")
+    hours: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+
+    def prof_of(source: str):
+        src = plan.sources[source]
+        if src.setting is None:
+            return None, None
+        return spec.datasets.get(src.setting.profile), src
+
+    def train_seconds(source: str, trials: int = 1) -> float | None:
+        prof, src = prof_of(source)
+        if prof is None or prof.cost_step_s is None:
+            est.unknown.append(source)
+            return None
+        raw = plan.sweep_raw[source]["base"]["train"]
+        epochs = raw.get("epochs", 10)
+        bs = raw.get("batch_size", 64)
+        n = prof.train_size or TRAIN_SIZE.get(prof.name, 50000)
+        spe = raw.get("steps_per_epoch") or math.ceil(n / bs)
+        method = plan.sweep_raw[source]["base"]["method"]["name"]
+        return trials * epochs * spe * prof.cost_step_s * STEP_COST.get(method, 3.0)
+
+    if spec.sweep.mode == "sweep":
+        for name, src in plan.sources.items():
+            if not src.explicit:
+                counts["sweeps"] += 1
+                s = train_seconds(name, spec.sweep.num_trials)
+                hours["sweeps"] += (s or 0) / 3600
+    for k in plan.retrains:
+        counts["retrains"] += 1
+        if plan.sources[k.source].explicit:
+            continue
+        hours["retrains"] += (train_seconds(k.source) or 0) / 3600
+    for u in plan.evals.values():
+        counts["evaluations"] += 1
+        prof, _ = prof_of(u.target.source)
+        if prof is None or prof.cost_step_s is None:
+            continue
+        ev = json.loads(u.settings_json)
+        n_test = ev.get("n_examples") or TEST_SIZE.get(prof.name, 10000)
+        bs = plan.sweep_raw[u.target.source]["base"]["train"].get("batch_size", 64)
+        hours["evaluations"] += attack_passes(u.suite, ev) * math.ceil(n_test / bs) * prof.cost_step_s / 3600
+    est.hours, est.counts = dict(hours), dict(counts)
+    return est

@@ -1,0 +1,394 @@
+"""Resolve a pipeline spec into the work it needs — pure, no MLflow, no Ray, so it is validated (and its cost
+estimated) before anything starts.
+
+Units of work, each identified by a stable key so a rerun finds it in MLflow:
+
+- a *source* (``SourceUnit``): where a row's configuration comes from — an existing sweep, or a sweep the pipeline
+  owns (one per method × setting), or the method's defaults (``sweep.mode: defaults``);
+- a *retrain* (``RetrainKey``): a source's selected config + the row's ``set`` overrides + one seed;
+- an *evaluation* (``EvalUnit``): one suite on one retrained model (+ its transfer sources / fixed-set baseline).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.spec import PAPER_STEPS, ColumnSpec, FigureSpec, PipelineSpec, RowSpec, TableSpec
+from robust_core.config import ConfigError, deep_merge
+
+DISPLAY = {"mnist": "MNIST", "svhn": "SVHN", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+ATTACK_DISPLAY = {"clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "cw": "CW", "autoattack": "AA", "l2grad": "L2"}
+
+
+def _h(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Setting:
+    paper: str | None  # paper dataset of the column (None for explicit-sweep rows)
+    profile: str  # the `datasets:` entry that runs it (the stand-in's for stand-in columns)
+    dataset: str  # registered dataset run here
+    labels: int | None
+    display: str
+    stand_in: bool = False  # run in place of a paper dataset that is not available in this profile
+
+    @property
+    def key(self) -> str:  # stand-in and genuine columns with the same data share sweeps and retrains
+        return f"{self.profile}-{self.labels or 'all'}"
+
+    @property
+    def header(self) -> str:
+        return f"{self.display} ({self.labels})" if self.labels else self.display
+
+
+@dataclass(frozen=True)
+class SourceUnit:
+    name: str  # the sweep name (MLflow parent run); for defaults mode a label
+    explicit: bool  # an existing sweep named by the row
+    method_key: str | None = None
+    setting: Setting | None = None
+
+
+@dataclass(frozen=True)
+class RetrainKey:
+    source: str
+    set_json: str  # the row's `set` overrides, canonical JSON
+    seed: int
+
+    @property
+    def set(self) -> dict[str, Any]:
+        return json.loads(self.set_json)
+
+
+@dataclass(frozen=True)
+class EvalUnit:
+    suite: str
+    target: RetrainKey
+    inference_json: str
+    settings_json: str  # EvalSettings fields
+    sources: tuple[tuple[str, RetrainKey, str], ...] = ()  # (name, retrain, inference_json)
+    baseline: tuple[RetrainKey, str] | None = None
+
+    @property
+    def key(self) -> str:
+        return _h([self.suite, self.target, self.inference_json, self.settings_json, self.sources, self.baseline])
+
+
+@dataclass
+class CellRef:
+    """What one table cell / figure series point reads: per seed, a retrain (and an evaluation for attack values)."""
+
+    retrains: list[RetrainKey]
+    evals: list[EvalUnit | None]
+    attack: str | None = None  # record label (profile steps), with @source for transfer / fixed set
+    reference: list[RetrainKey] = field(default_factory=list)  # relative_epoch_time: the reference method's
+
+
+@dataclass
+class ResolvedColumn:
+    spec: ColumnSpec
+    setting: Setting | None
+    header: str
+    show_paper: bool
+
+
+@dataclass
+class ResolvedTable:
+    spec: TableSpec
+    title: str
+    columns: list[ResolvedColumn]
+    cells: dict[tuple[str, int], CellRef]  # (row label, column index) -> reads
+    seeds: list[int]
+    footnotes: list[str]
+
+
+@dataclass
+class ResolvedFigure:
+    spec: FigureSpec
+    title: str
+    settings: list[Setting]
+    rows: dict[tuple[str, str], list[RetrainKey]]  # (row label, setting key) -> retrains per seed
+    evals: dict[tuple[str, str], list[EvalUnit]]
+    seeds: list[int]
+    attacks: list[str]
+    footnotes: list[str]
+
+
+@dataclass
+class Plan:
+    spec: PipelineSpec
+    sources: dict[str, SourceUnit]
+    sweep_raw: dict[str, dict[str, Any]]  # generated sweep name -> sweep config dict (validated by build)
+    retrains: set[RetrainKey]
+    evals: dict[str, EvalUnit]
+    tables: list[ResolvedTable]
+    figures: list[ResolvedFigure]
+    problems: list[str]
+
+
+def map_attack(label: str, steps: tuple[int, ...] | None) -> str:
+    """The paper's attack label (pgd-20) in a profile whose ``eval.steps`` replaces (20, 40, 100) positionally."""
+    name, _, src = label.partition("@")
+    base, _, rest = name.partition("[")
+    fam, _, k = base.rpartition("-")
+    if steps is not None and fam and k.isdigit() and int(k) in PAPER_STEPS:
+        idx = PAPER_STEPS.index(int(k))
+        if idx < len(steps):
+            base = f"{fam}-{steps[idx]}"
+    out = base + (f"[{rest}" if rest else "")
+    return out + (f"@{src}" if src else "")
+
+
+def attack_header(label: str) -> str:
+    name = label.partition("@")[0]
+    base, _, rest = name.partition("[")
+    fam, _, k = base.rpartition("-")
+    if fam and k.isdigit():
+        s = f"{ATTACK_DISPLAY.get(fam, fam.upper())}-{k}"
+    else:
+        s = ATTACK_DISPLAY.get(base, base)
+    return s + (f" [{rest.rstrip(']')}]" if rest else "")
+
+
+class Planner:
+    def __init__(self, spec: PipelineSpec) -> None:
+        self.spec = spec
+        self.problems: list[str] = []
+        self.sources: dict[str, SourceUnit] = {}
+        self.sweep_raw: dict[str, dict[str, Any]] = {}
+        self.retrains: set[RetrainKey] = set()
+        self.evals: dict[str, EvalUnit] = {}
+
+    # ------------------------------------------------------------------ settings and sources
+    def setting(self, paper: str, labels: int | None, stand_in: bool = False) -> Setting | None:
+        key = self.spec.stand_in if stand_in else paper
+        prof = self.spec.datasets.get(key) if key is not None else None
+        if prof is None:
+            return None
+        lab = prof.labels.get(labels, labels) if labels is not None else None
+        return Setting(paper, key, prof.name, lab, prof.display or DISPLAY.get(key, prof.name), stand_in)
+
+    def source(self, row: RowSpec, setting: Setting | None) -> SourceUnit:
+        if row.sweep is not None:
+            src = SourceUnit(row.sweep, True)
+        else:
+            assert setting is not None and row.method is not None
+            mode = "defaults" if self.spec.sweep.mode == "defaults" else "sweep"
+            mkey = self._shared_key(row.method)
+            name = f"{self.spec.name}-{mkey}-{setting.key}" + ("-defaults" if mode == "defaults" else "")
+            src = SourceUnit(name, False, mkey, setting)
+            if name not in self.sweep_raw:
+                self.sweep_raw[name] = self._sweep_raw(name, mkey, setting)
+        self.sources.setdefault(src.name, src)
+        return src
+
+    def _shared_key(self, key: str) -> str:
+        """Method keys that train the same thing (differing only in ``inference``) share one sweep: the first."""
+        m = self.spec.methods[key]
+        for k, other in self.spec.methods.items():
+            if (other.method, other.params, other.space, other.model, other.train) == \
+                    (m.method, m.params, m.space, m.model, m.train):
+                return k
+        return key
+
+    def _sweep_raw(self, name: str, method_key: str, s: Setting) -> dict[str, Any]:
+        from sweeps.spec import default_space_raw
+
+        spec, m = self.spec, self.spec.methods[method_key]
+        prof = spec.datasets[s.profile]
+        assert prof is not None
+        data: dict[str, Any] = {"name": prof.name, "root": spec.data_root, "n_labeled": s.labels}
+        if prof.n_val is not None:
+            data["n_val"] = prof.n_val
+        base = {"data": data, "model": dict(m.for_dataset("model", s.profile) or prof.model),
+                "method": {"name": m.method, "params": dict(m.params)},
+                "train": deep_merge(prof.train, m.for_dataset("train", s.profile) or {})}
+        space: dict[str, Any] = {}
+        if spec.sweep.mode == "sweep":
+            problems: list[str] = []
+            space = dict(default_space_raw(m.method, prof.name, problems) or {})
+            self.problems += [f"sweep {name}: {p}" for p in problems]
+            extra = m.for_dataset("space", s.profile) or {}
+            for k, v in extra.items():
+                if v is None:
+                    space.pop(k, None)
+                else:
+                    space[k] = v
+            for k in m.params:  # a fixed param is not searched
+                space.pop(f"method.params.{k}", None)
+        return {"name": name, "base": base, "search_space": space or None, "num_trials": spec.sweep.num_trials,
+                "max_concurrent": spec.sweep.max_concurrent, "metric": spec.selection_metric,
+                "mode": spec.selection_mode, "seed": spec.sweep.seed, "scheduler": spec.sweep.scheduler.model_dump(),
+                "resources": spec.resources.model_dump(), "tracking": spec.tracking.model_dump(),
+                "storage": spec.sweep.storage}
+
+    def retrain(self, row: RowSpec, setting: Setting | None, seed: int) -> RetrainKey:
+        src = self.source(row, setting)
+        k = RetrainKey(src.name, json.dumps(row.set, sort_keys=True), seed)
+        self.retrains.add(k)
+        return k
+
+    # ------------------------------------------------------------------ evaluations
+    def eval_settings(self, s: Setting | None) -> dict[str, Any]:
+        prof = self.spec.datasets.get(s.profile) if s is not None else None
+        ev = dict(prof.eval) if prof is not None else {}
+        ev["dataset"] = s.dataset if s is not None else "mnist5k"
+        return ev
+
+    def steps(self, s: Setting | None) -> tuple[int, ...] | None:
+        st = self.eval_settings(s).get("steps")
+        return tuple(st) if st is not None else None
+
+    def inference(self, row: RowSpec) -> str:
+        inf = self.spec.methods[row.method].inference if row.method is not None else {}
+        return json.dumps(inf, sort_keys=True)
+
+    def eval_unit(self, suite: str, row: RowSpec, setting: Setting | None, seed_i: int, seeds: list[int],
+                  rows_by_label: dict[str, RowSpec], sources: dict[str, str] | None = None,
+                  baseline: str | None = None) -> EvalUnit:
+        seed = seeds[seed_i]
+        target = self.retrain(row, setting, seed)
+        src: tuple = ()
+        if suite == "transfer":
+            other = seeds[(seed_i + 1) % len(seeds)]  # an independently trained source: the next seed's model
+            src = tuple((n, self.retrain(rows_by_label[lab], setting, other), self.inference(rows_by_label[lab]))
+                        for n, lab in sorted((sources or {}).items()))
+        base = None
+        if suite == "fixed_set":
+            b = rows_by_label[baseline]  # type: ignore[index]
+            base = (self.retrain(b, setting, seed), self.inference(b))
+        u = EvalUnit(suite, target, self.inference(row), json.dumps(self.eval_settings(setting), sort_keys=True),
+                     src, base)
+        self.evals.setdefault(u.key, u)
+        return u
+
+    # ------------------------------------------------------------------ tables
+    def table(self, t: TableSpec) -> ResolvedTable | None:
+        seeds = t.seeds or self.spec.seeds
+        suffix = f" ({self.spec.title_suffix})" if self.spec.title_suffix else ""
+        foot: list[str] = []
+        cols: list[ResolvedColumn] = []
+        if all(c.dataset is None for c in t.columns):
+            cols = [ResolvedColumn(c, None, c.label, True) for c in t.columns]
+        else:
+            avail = [(c, self.setting(c.dataset, c.labels)) for c in t.columns]  # type: ignore[arg-type]
+            stand = not any(s for _, s in avail) and self.spec.stand_in is not None
+            if stand:
+                first = t.columns[0].dataset
+                avail = [(c, self.setting(c.dataset, c.labels, stand_in=True) if c.dataset == first else None)
+                         for c in t.columns]  # type: ignore[arg-type]
+                s0 = next(s for _, s in avail if s is not None)
+                foot.append(f"{s0.display} stands in for {DISPLAY[first]} (not available in this profile); the "  # type: ignore[index]
+                            "paper's values are for a different dataset and are not shown beside stand-in cells.")
+            dropped = [c.label for c, s in avail if s is None]
+            if dropped:
+                foot.append("Columns not computed in this profile (data not available here): " + ", ".join(dropped)
+                            + ".")
+            for c, s in avail:
+                if s is None:
+                    continue
+                steps = self.steps(s)
+                faithful = (not s.stand_in and s.display == DISPLAY.get(s.paper or "") and s.labels == c.labels
+                            and (c.attack is None or map_attack(c.attack, steps) == c.attack))
+                if faithful:
+                    header = c.label
+                elif c.value == "attack":
+                    header = f"{s.header} {attack_header(map_attack(c.attack, steps))}"  # type: ignore[arg-type]
+                else:
+                    header = s.header
+                cols.append(ResolvedColumn(c, s, header, show_paper=not s.stand_in))
+        if not cols:
+            return None
+        by_label = {r.label: r for r in t.rows}
+        cells: dict[tuple[str, int], CellRef] = {}
+        for r in t.rows:
+            for j, rc in enumerate(cols):
+                c, s = rc.spec, rc.setting
+                rets = [self.retrain(r, s, sd) for sd in seeds]
+                ref = CellRef(rets, [None] * len(seeds))
+                if c.value == "attack":
+                    ref.attack = map_attack(c.attack, self.steps(s))  # type: ignore[arg-type]
+                    ref.evals = [self.eval_unit(c.suite, r, s, i, seeds, by_label, t.sources, t.baseline)  # type: ignore[arg-type]
+                                 for i in range(len(seeds))]
+                if c.value == "relative_epoch_time":
+                    ref_row = RowSpec(label=f"({c.relative_to})", method=c.relative_to)
+                    ref.reference = [self.retrain(ref_row, s, sd) for sd in seeds]
+                cells[(r.label, j)] = ref
+        return ResolvedTable(t, t.title + suffix, cols, cells, seeds, foot + list(t.notes))
+
+    # ------------------------------------------------------------------ figures
+    def figure(self, f: FigureSpec) -> ResolvedFigure | None:
+        seeds = f.seeds or self.spec.seeds
+        suffix = f" ({self.spec.title_suffix})" if self.spec.title_suffix else ""
+        foot: list[str] = []
+        settings = []
+        for st in f.settings:
+            s = self.setting(st.dataset, st.labels)
+            if s is None:
+                foot.append(f"{DISPLAY[st.dataset]} panel not computed in this profile (data not available here).")
+            else:
+                settings.append(s)
+        if not settings and self.spec.stand_in is not None:
+            s = self.setting(f.settings[0].dataset, f.settings[0].labels, stand_in=True)
+            if s is not None:
+                settings = [s]
+                foot.append(f"{s.display} stands in for {DISPLAY[f.settings[0].dataset]} (not available here).")
+        if not settings:
+            return None
+        suite = {"curves": "curves", "budget": "budget", "bars": "whitebox"}.get(f.kind)
+        by_label = {r.label: r for r in f.rows}
+        rows: dict[tuple[str, str], list[RetrainKey]] = {}
+        evals: dict[tuple[str, str], list[EvalUnit]] = {}
+        for r in f.rows:
+            for s in settings:
+                rows[(r.label, s.key)] = [self.retrain(r, s, sd) for sd in seeds]
+                if suite is not None:
+                    evals[(r.label, s.key)] = [self.eval_unit(suite, r, s, i, seeds, by_label)
+                                               for i in range(len(seeds))]
+        attacks = [map_attack(a, self.steps(settings[0])) for a in f.attacks]
+        return ResolvedFigure(f, f.title + suffix, settings, rows, evals, seeds, attacks, foot)
+
+
+def make_plan(spec: PipelineSpec, only: str | None = None) -> Plan:
+    """Resolve ``spec`` (``only``: one table or figure); raises ConfigError listing every problem."""
+    if only is not None and only not in spec.outputs:
+        raise ConfigError([f"--only {only!r}: no such table or figure; have: {', '.join(spec.outputs)}"])
+    p = Planner(spec)
+    tables = [rt for t in spec.tables if only in (None, t.name) for rt in [p.table(t)] if rt is not None]
+    figures = [rf for f in spec.figures if only in (None, f.name) for rf in [p.figure(f)] if rf is not None]
+    if not tables and not figures:
+        p.problems.append("nothing to compute: every table/figure needs data that is not available in this profile")
+    _validate_sweeps(p)
+    if p.problems:
+        raise ConfigError(p.problems, f"pipeline {spec.name}")
+    return Plan(spec, p.sources, p.sweep_raw, p.retrains, p.evals, tables, figures, p.problems)
+
+
+def _validate_sweeps(p: Planner) -> None:
+    """Every generated sweep / defaults config is built now, so a bad profile fails before Ray starts."""
+    from robust_core.config import build_run_config
+    from sweeps.spec import build_sweep_config
+
+    for name, raw in p.sweep_raw.items():
+        try:
+            if p.spec.sweep.mode == "sweep":
+                build_sweep_config(raw, source=f"sweep {name}")
+            else:
+                build_run_config(raw["base"], f"config of {name}")
+        except ConfigError as e:
+            p.problems += [f"{name}: {x}" for x in e.problems]
+    for k in p.retrains:  # the rows' `set` overrides must name real config keys
+        if k.set and k.source in p.sweep_raw:
+            raw = deep_merge({}, p.sweep_raw[k.source]["base"])
+            from robust_core.config import set_path
+
+            for path, v in k.set.items():
+                set_path(raw, path, v)
+            try:
+                build_run_config(raw, f"{k.source} with set {k.set}")
+            except ConfigError as e:
+                p.problems += [f"{k.source} set {k.set}: {x}" for x in e.problems]
+    p.problems = list(dict.fromkeys(p.problems))

@@ -1,0 +1,275 @@
+"""Turn finished retrains and evaluations into the pipeline's outputs: tables (Markdown, CSV, LaTeX), figures (PNG,
+PDF and the plotted numbers as CSV), ``lineage.json`` and ``index.md``, all also logged to the pipeline's MLflow run.
+
+Cells and points are read only from the runs the plan names (retrain metrics, evaluation records); masking-audit
+flags of the records behind a cell become its footnotes.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from statistics import mean, stdev
+from typing import TYPE_CHECKING, Any
+
+from pipelines.figures import Figure, Panel, Series, figure_csv, render_figure
+from pipelines.plan import ATTACK_DISPLAY, CellRef, ResolvedFigure, ResolvedTable, attack_header
+from pipelines.tables import Cell, Row, Table, render_csv, render_latex, render_markdown
+
+if TYPE_CHECKING:
+    from pipelines.final import Runner
+
+
+def _audit_note(flag: str) -> str:
+    """Footnote text of a masking-audit flag (the audit prefixes the evaluated model's internal name; the cell
+    already says which model it is)."""
+    return f"masking audit: {flag.removeprefix('target: ')}"
+
+
+def find_record(records: list[dict[str, Any]], attack: str, suite: str) -> dict[str, Any] | None:
+    """The record for ``label[@source]`` of ``suite`` (masking probes excluded)."""
+    label, _, source = attack.partition("@")
+    for rec in records:
+        if rec["suite"] != suite or rec.get("options", {}).get("probe"):
+            continue
+        if rec["label"] == label and (rec.get("source") or "") == source:
+            return rec
+        if label == "aa" and rec["attack"] == "autoattack":  # any version; non-standard ones get a footnote
+            return rec
+        if rec["label"].startswith(label + "-eot") and (rec.get("source") or "") == source:  # adaptive with EOT
+            return rec
+    return None
+
+
+def _cell(r: "Runner", rt: ResolvedTable, row_label: str, j: int) -> Cell:
+    rc = rt.columns[j]
+    col, ref = rc.spec, rt.cells[(row_label, j)]
+    vals: list[float] = []
+    ids: list[str] = []
+    eval_ids: list[str] = []
+    notes: list[str] = []
+    for i, k in enumerate(ref.retrains):
+        job = r.retrains[k]
+        m = job["metrics"]
+        v: float | None = None
+        if col.value == "metric":
+            v = m.get(col.metric)
+            v = None if v is None else v * col.scale
+        elif col.value == "error":
+            v = None if m.get("test_acc") is None else (1 - m["test_acc"]) * 100
+        elif col.value in ("epoch_time", "relative_epoch_time"):
+            v = m.get("mean_epoch_time_s", m.get("epoch_time_s"))
+            if col.value == "relative_epoch_time" and v is not None:
+                rm = r.retrains[ref.reference[i]]["metrics"]
+                base = rm.get("mean_epoch_time_s", rm.get("epoch_time_s"))
+                v = None if not base else v / base
+        elif col.value == "attack":
+            u = ref.evals[i]
+            ev = r.evals[u.key]  # type: ignore[union-attr]
+            rec = find_record(ev["records"], ref.attack, u.suite)  # type: ignore[arg-type, union-attr]
+            if rec is not None:
+                v = rec["accuracy"] * 100
+                notes += [_audit_note(f) for f in rec.get("flags", [])]
+                if rec["attack"] == "autoattack" and rec["label"] != "aa":
+                    notes.append(f"AutoAttack run as {rec['label']}, not the standard version")
+                eval_ids.append(ev["run_id"])
+        if v is not None and not math.isnan(v):
+            vals.append(v)
+            ids.append(job["run_id"])
+    note = ""
+    if not vals:
+        what = ref.attack if col.value == "attack" else (col.metric if col.value == "metric" else col.value)
+        note = f"no {what} recorded by the runs of this cell (see lineage.json)"
+    paper = None
+    row = next(x for x in rt.spec.rows if x.label == row_label)
+    if rc.show_paper and row.paper is not None:
+        paper = row.paper[rt.spec.columns.index(col)]
+    return Cell(tuple(vals), tuple(ids + eval_ids), note, paper, tuple(dict.fromkeys(notes)))
+
+
+def build_table(r: "Runner", rt: ResolvedTable) -> Table:
+    rows = []
+    for row in rt.spec.rows:
+        cells = tuple(_cell(r, rt, row.label, j) for j in range(len(rt.columns)))
+        src = {r.selections[k.source].sweep + "/" + (r.selections[k.source].trial_run_id or "defaults")
+               for k in rt.cells[(row.label, 0)].retrains}
+        rows.append(Row(row.label, cells, source=";".join(sorted(src))))
+    foot = list(rt.footnotes)
+    if any(x.paper is not None for x in rt.spec.rows):
+        foot.append(f"In parentheses: published value ({rt.spec.paper}); none where the paper reports none or it is "
+                    "not transcribed in pipelines/catalog.yaml.")
+    elif rt.spec.paper:
+        foot.append(f"Paper: {rt.spec.paper}. Published values are not transcribed in pipelines/catalog.yaml for this "
+                    "table.")
+    hib = rt.spec.higher_is_better
+    if any(c.spec.value in ("epoch_time", "relative_epoch_time") for c in rt.columns):
+        hib = False
+    return Table(rt.spec.name, rt.title, tuple(c.header for c in rt.columns), tuple(rows), hib, rt.spec.decimals,
+                 tuple(foot))
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+def _agg(values: list[float]) -> tuple[float, float]:
+    v = [x for x in values if not math.isnan(x)]
+    if not v:
+        return math.nan, 0.0
+    return mean(v), (stdev(v) if len(v) > 1 else 0.0)
+
+
+def _history(r: "Runner", run_id: str, key: str) -> dict[int, float]:
+    from robust_core.tracking import client
+
+    cache = r.__dict__.setdefault("_hist", {})
+    if (run_id, key) not in cache:
+        hist = client(r.uri).get_metric_history(run_id, key)
+        cache[(run_id, key)] = {int(m.step): m.value for m in hist}
+    return cache[(run_id, key)]
+
+
+def build_figure(r: "Runner", rf: ResolvedFigure) -> Figure:
+    f = rf.spec
+    panels: list[Panel] = []
+    flags: list[str] = []
+    for s in rf.settings:
+        if f.kind in ("curves", "budget"):
+            suite = f.kind
+            for atk in rf.attacks:
+                series = []
+                for row in f.rows:
+                    pts: dict[float, list[float]] = {}
+                    for u in rf.evals[(row.label, s.key)]:
+                        for rec in r.evals[u.key]["records"]:
+                            if rec["suite"] == suite and rec["label"] == atk and not rec.get("source"):
+                                pts.setdefault(rec["eps"], []).append(rec["accuracy"] * 100)
+                                flags += rec.get("flags", [])
+                    xs = sorted(pts)
+                    agg = [_agg(pts[x]) for x in xs]
+                    series.append(Series(row.label, tuple(xs), tuple(a for a, _ in agg), tuple(b for _, b in agg)))
+                norm = "L2" if atk == "l2grad" else "L∞"
+                panels.append(Panel(f"{s.header}: {attack_header(atk)}", f"ε ({norm}, pixel units)",
+                                    "accuracy (%)", tuple(series), ylim=(0, 100)))
+        elif f.kind == "bars":
+            series = []
+            for row in f.rows:
+                ys, es = [], []
+                for atk in rf.attacks:
+                    vals = []
+                    for u in rf.evals[(row.label, s.key)]:
+                        rec = find_record(r.evals[u.key]["records"], atk, "whitebox")
+                        if rec is not None:
+                            vals.append(rec["accuracy"] * 100)
+                            flags += rec.get("flags", [])
+                    a, b = _agg(vals)
+                    ys.append(a)
+                    es.append(b)
+                series.append(Series(row.label, tuple(float(i) for i in range(len(rf.attacks))), tuple(ys),
+                                     tuple(es)))
+            panels.append(Panel(s.header, "attack", "accuracy (%)", tuple(series), kind="bar",
+                                xticklabels=tuple(attack_header(a) for a in rf.attacks), ylim=(0, 100)))
+        elif f.kind == "epochs":
+            for pair in (f.pairs or [[row.label for row in f.rows]]):
+                series = []
+                for lab in pair:
+                    for key, name, style in (("train_acc", "train", "dashed"), ("test_acc", "test", "solid")):
+                        per_epoch: dict[int, list[float]] = {}
+                        for k in rf.rows[(lab, s.key)]:
+                            for ep, v in _history(r, r.retrains[k]["run_id"], key).items():
+                                per_epoch.setdefault(ep, []).append((1 - v) * 100)
+                        xs = sorted(per_epoch)
+                        agg = [_agg(per_epoch[x]) for x in xs]
+                        series.append(Series(f"{lab} {name}", tuple(float(x) for x in xs),
+                                             tuple(a for a, _ in agg), tuple(b for _, b in agg), style))
+                panels.append(Panel(f"{s.header}: {' vs '.join(pair)}", "epoch", "error (%)", tuple(series)))
+        elif f.kind == "epochs_to_reach":
+            series, never = [], []
+            for row in f.rows:
+                ys, es = [], []
+                for thr in f.thresholds:
+                    eps_needed = []
+                    for k in rf.rows[(row.label, s.key)]:
+                        h = _history(r, r.retrains[k]["run_id"], "test_acc")
+                        hit = [ep for ep in sorted(h) if h[ep] * 100 >= thr]
+                        if hit:
+                            eps_needed.append(float(hit[0]))
+                        else:
+                            never.append(f"{row.label} seed {k.seed} never reached {thr:g}% test accuracy")
+                    a, b = _agg(eps_needed)
+                    ys.append(a)
+                    es.append(b)
+                series.append(Series(row.label, tuple(float(i) for i in range(len(f.thresholds))), tuple(ys),
+                                     tuple(es)))
+            panels.append(Panel(s.header, "test accuracy reached (%)", "epochs needed", tuple(series), kind="bar",
+                                xticklabels=tuple(f"{t:g}" for t in f.thresholds)))
+            if never:
+                flags.append("not counted (mean over the seeds that did reach it): " + "; ".join(never))
+    notes = list(rf.footnotes) + ([f"Paper: {f.paper}."] if f.paper else [])
+    notes += [_audit_note(x) if not x.startswith("not counted") else x for x in dict.fromkeys(flags)]
+    notes.append(f"Mean ± sample std over seeds {rf.seeds}.")
+    return Figure(f.name, rf.title, tuple(panels), tuple(f"[{i}] {n}" for i, n in enumerate(notes, 1)))
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+def render_outputs(r: "Runner") -> dict[str, Any]:
+    from robust_core.tracking import log_artifact_file, log_artifact_text
+
+    out = Path(r.spec.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, dict[str, str]] = {}
+    figures: dict[str, dict[str, str]] = {}
+    lineage: dict[str, Any] = {
+        "pipeline_run_id": r.parent, "tracking_uri": r.uri, "experiment": r.exp,
+        "selections": {n: {"sweep_run_id": s.sweep_run_id, "trial_run_id": s.trial_run_id, "metric": s.metric,
+                           "value": None if math.isnan(s.value) else s.value}
+                       for n, s in r.selections.items()},
+        "tables": {}, "figures": {}}
+    index = [f"# {r.spec.name}", "", f"MLflow: experiment `{r.exp}` at `{r.uri}`, pipeline run `{r.parent}`.", "",
+             "## Tables", ""]
+    for rt in r.plan.tables:
+        table = build_table(r, rt)
+        files = {"md": render_markdown(table), "csv": render_csv(table), "tex": render_latex(table)}
+        tables[rt.spec.name] = {}
+        for ext, text in files.items():
+            p = out / f"{rt.spec.name}.{ext}"
+            p.write_text(text)
+            tables[rt.spec.name][ext] = str(p)
+            log_artifact_text(r.uri, r.parent, f"tables/{rt.spec.name}.{ext}", text)
+        lineage["tables"][rt.spec.name] = {
+            row.label: {rc.header: _lineage(r, rt.cells[(row.label, j)]) for j, rc in enumerate(rt.columns)}
+            for row in rt.spec.rows}
+        n = rt.spec.name
+        index.append(f"- [{rt.title}]({n}.md) ([csv]({n}.csv), [tex]({n}.tex))")
+    if r.plan.figures:
+        index += ["", "## Figures", ""]
+    for rf in r.plan.figures:
+        fig = build_figure(r, rf)
+        paths = render_figure(fig, out)
+        csv_path = out / f"{rf.spec.name}.csv"
+        csv_path.write_text(figure_csv(fig))
+        figures[rf.spec.name] = {"png": str(paths["png"]), "pdf": str(paths["pdf"]), "csv": str(csv_path)}
+        for p in (paths["png"], paths["pdf"], csv_path):
+            log_artifact_file(r.uri, r.parent, str(p), "figures")
+        lineage["figures"][rf.spec.name] = {
+            f"{lab} | {sk}": [r.retrains[k]["run_id"] for k in ks] for (lab, sk), ks in rf.rows.items()}
+        n = rf.spec.name
+        index.append(f"- [{rf.title}]({n}.png) ([pdf]({n}.pdf), [data]({n}.csv))")
+    text = json.dumps(lineage, indent=2)
+    (out / "lineage.json").write_text(text)
+    log_artifact_text(r.uri, r.parent, "lineage.json", text)
+    index += ["", f"Lineage of every cell and point: [lineage.json](lineage.json). Trained {r.trained} model(s), "
+                  f"reused {r.reused}; ran {r.evaluated} evaluation(s), reused {r.evals_reused}.", ""]
+    (out / "index.md").write_text("\n".join(index))
+    log_artifact_text(r.uri, r.parent, "index.md", "\n".join(index))
+    return {"tables": tables, "figures": figures, "index": str(out / "index.md")}
+
+
+def _lineage(r: "Runner", ref: CellRef) -> dict[str, Any]:
+    d: dict[str, Any] = {"retrain_run_ids": [r.retrains[k]["run_id"] for k in ref.retrains]}
+    if any(u is not None for u in ref.evals):
+        d["eval_run_ids"] = [r.evals[u.key]["run_id"] for u in ref.evals if u is not None]
+        d["attack"] = ref.attack
+    if ref.reference:
+        d["reference_run_ids"] = [r.retrains[k]["run_id"] for k in ref.reference]
+    return d
+
+
+__all__ = ["build_figure", "build_table", "find_record", "render_outputs", "ATTACK_DISPLAY"]
