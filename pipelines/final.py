@@ -212,8 +212,8 @@ class Runner:
         for k in sorted(self.plan.retrains, key=lambda k: (k.source, k.set_json, k.seed)):
             cfg = self.retrain_config(k)
             fp = cfg.fingerprint()
-            runs = find_runs(self.uri, self.exp, f"tags.`{TAG}kind` = 'retrain' and "
-                                                 f"tags.`{TAG}config_fingerprint` = '{fp}' and attributes.status = 'FINISHED'")
+            runs = find_runs(self.uri, self.exp, f"tags.`{TAG}kind` = 'retrain' and tags.`{TAG}config_fingerprint` = "
+                                                 f"'{fp}' and attributes.status = 'FINISHED'")
             runs = [r for r in runs if "test_acc" in r.data.metrics]
             if runs:
                 r = min(runs, key=lambda r: r.info.start_time)

@@ -19,7 +19,8 @@ from pipelines.spec import PAPER_STEPS, ColumnSpec, FigureSpec, PipelineSpec, Ro
 from robust_core.config import ConfigError, deep_merge
 
 DISPLAY = {"mnist": "MNIST", "svhn": "SVHN", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-ATTACK_DISPLAY = {"clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "cw": "CW", "autoattack": "AA", "l2grad": "L2"}
+ATTACK_DISPLAY = {"clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "cw": "CW", "autoattack": "AA", "aa": "AA",
+                  "l2grad": "L2"}
 
 
 def _h(obj: Any) -> str:
@@ -178,10 +179,14 @@ class Planner:
             assert setting is not None and row.method is not None
             mode = "defaults" if self.spec.sweep.mode == "defaults" else "sweep"
             mkey = self._shared_key(row.method)
-            name = f"{self.spec.name}-{mkey}-{setting.key}" + ("-defaults" if mode == "defaults" else "")
+            stem = f"{self.spec.name}-{mkey}-{setting.key}" + ("-defaults" if mode == "defaults" else "")
+            raw = self._sweep_raw(stem, mkey, setting)
+            # the name carries a hash of what the sweep is: editing a profile's budget or space starts new sweeps
+            # (the old ones stay in MLflow) instead of clashing with a finished sweep of the same name
+            what = {k: v for k, v in raw.items() if k not in ("name", "tracking", "storage")}
+            name = f"{stem}-{_h(what)[:6]}"
             src = SourceUnit(name, False, mkey, setting)
-            if name not in self.sweep_raw:
-                self.sweep_raw[name] = self._sweep_raw(name, mkey, setting)
+            self.sweep_raw.setdefault(name, {**raw, "name": name})
         self.sources.setdefault(src.name, src)
         return src
 
@@ -281,7 +286,7 @@ class Planner:
                 avail = [(c, self.setting(c.dataset, c.labels, stand_in=True) if c.dataset == first else None)
                          for c in t.columns]  # type: ignore[arg-type]
                 s0 = next(s for _, s in avail if s is not None)
-                foot.append(f"{s0.display} stands in for {DISPLAY[first]} (not available in this profile); the "  # type: ignore[index]
+                foot.append(f"{s0.display} stands in for {DISPLAY[first or '']} (not available in this profile); the "
                             "paper's values are for a different dataset and are not shown beside stand-in cells.")
             dropped = [c.label for c, s in avail if s is None]
             if dropped:
@@ -293,8 +298,13 @@ class Planner:
                 steps = self.steps(s)
                 faithful = (not s.stand_in and s.display == DISPLAY.get(s.paper or "") and s.labels == c.labels
                             and (c.attack is None or map_attack(c.attack, steps) == c.attack))
+                paper_hdr = DISPLAY[c.dataset] + (f" ({c.labels})" if c.labels else "")  # type: ignore[index]
+                same_attack = c.attack is None or map_attack(c.attack, steps) == c.attack
+                renamed = c.label.startswith(paper_hdr) and same_attack
                 if faithful:
                     header = c.label
+                elif renamed:  # "MNIST error" -> "mnist5k error"
+                    header = s.header + c.label[len(paper_hdr):]
                 elif c.value == "attack":
                     header = f"{s.header} {attack_header(map_attack(c.attack, steps))}"  # type: ignore[arg-type]
                 else:
@@ -303,6 +313,9 @@ class Planner:
         if not cols:
             return None
         by_label = {r.label: r for r in t.rows}
+        if len(seeds) == 1 and any(c.spec.suite == "transfer" for c in cols):
+            foot.append("One seed only: the transfer sources are the same seed's models (for the source's own row "
+                        "that is a white-box attack).")
         cells: dict[tuple[str, int], CellRef] = {}
         for r in t.rows:
             for j, rc in enumerate(cols):
@@ -311,7 +324,7 @@ class Planner:
                 ref = CellRef(rets, [None] * len(seeds))
                 if c.value == "attack":
                     ref.attack = map_attack(c.attack, self.steps(s))  # type: ignore[arg-type]
-                    ref.evals = [self.eval_unit(c.suite, r, s, i, seeds, by_label, t.sources, t.baseline)  # type: ignore[arg-type]
+                    ref.evals = [self.eval_unit(c.suite or "", r, s, i, seeds, by_label, t.sources, t.baseline)
                                  for i in range(len(seeds))]
                 if c.value == "relative_epoch_time":
                     ref_row = RowSpec(label=f"({c.relative_to})", method=c.relative_to)

@@ -101,11 +101,10 @@ def build_table(r: "Runner", rt: ResolvedTable) -> Table:
     elif rt.spec.paper:
         foot.append(f"Paper: {rt.spec.paper}. Published values are not transcribed in pipelines/catalog.yaml for this "
                     "table.")
-    hib = rt.spec.higher_is_better
-    if any(c.spec.value in ("epoch_time", "relative_epoch_time") for c in rt.columns):
-        hib = False
-    return Table(rt.spec.name, rt.title, tuple(c.header for c in rt.columns), tuple(rows), hib, rt.spec.decimals,
-                 tuple(foot))
+    higher = tuple(False if c.spec.value in ("error", "epoch_time", "relative_epoch_time")
+                   else True if c.spec.value == "attack" else rt.spec.higher_is_better for c in rt.columns)
+    return Table(rt.spec.name, rt.title, tuple(c.header for c in rt.columns), tuple(rows), rt.spec.higher_is_better,
+                 rt.spec.decimals, tuple(foot), column_higher=higher)
 
 
 # ---------------------------------------------------------------------------------------------------- figures

@@ -48,12 +48,14 @@ class Table:
     higher_is_better: bool = True
     decimals: int = 2
     footnotes: tuple[str, ...] = field(default_factory=tuple)
+    column_higher: tuple[bool, ...] | None = None  # per-column direction (e.g. accuracy next to error); None: table's
 
     def best_rows(self, col: int) -> set[int]:
         vals = [(i, r.cells[col].mean) for i, r in enumerate(self.rows) if r.cells[col].values]
         if not vals:
             return set()
-        target = (max if self.higher_is_better else min)(v for _, v in vals)
+        higher = self.higher_is_better if self.column_higher is None else self.column_higher[col]
+        target = (max if higher else min)(v for _, v in vals)
         fmt = f"{{:.{self.decimals}f}}"
         return {i for i, v in vals if fmt.format(v) == fmt.format(target)}  # ties as displayed are all bold
 

@@ -1,0 +1,135 @@
+"""Pipeline planning (no Ray, no MLflow): profiles resolve into sweeps, retrains and evaluations; bad profiles fail
+with every problem listed before anything starts; the paper profile prints its cost from the CLI."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.plan import attack_header, make_plan, map_attack
+from pipelines.spec import load_pipeline_spec
+from robust_core.config import ConfigError
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+CATALOG_TABLES = {"xvat_ssl", "xvat_supervised", "xvat_time", "ater_supervised", "vater_ssl", "fat_ssl",
+                  "fat_sensitivity", "fat_time", "atld_whitebox", "atld_transfer", "atld_autoattack", "atld_adaptive",
+                  "shaham_fixed_set"}
+CATALOG_FIGURES = {"ater_noise", "ater_epochs", "fat_epochs_to_reach", "atld_ablation", "atld_budget", "shaham_fgsm"}
+
+
+def _profile(tmp_path, **over) -> Path:
+    raw = {"include": str(PIPELINES / "catalog.yaml"), "name": "t", "tracking": {"uri": "sqlite:///x.db"},
+           "datasets": {"mnist": {"name": "mnist5k", "display": "mnist5k"}}, **over}
+    p = tmp_path / "profile.yaml"
+    p.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    return p
+
+
+@pytest.mark.parametrize("profile", ["paper", "laptop", "smoke"])
+def test_every_profile_plans_every_catalogue_output(profile):
+    plan = make_plan(load_pipeline_spec(PIPELINES / f"{profile}.yaml"))
+    assert {t.spec.name for t in plan.tables} == CATALOG_TABLES
+    assert {f.spec.name for f in plan.figures} == CATALOG_FIGURES
+
+
+def test_paper_profile_keeps_the_papers_columns():
+    plan = make_plan(load_pipeline_spec(PIPELINES / "paper.yaml"))
+    wb = next(t for t in plan.tables if t.spec.name == "atld_whitebox")
+    assert len(wb.columns) == 24 and wb.columns[2].header == "CIFAR-10 PGD-20"
+    assert not wb.footnotes  # nothing dropped, nothing stood in
+    fat = next(t for t in plan.tables if t.spec.name == "fat_ssl")
+    assert [c.header for c in fat.columns] == ["MNIST (20)", "MNIST (100)", "SVHN (500)", "SVHN (1000)",
+                                               "CIFAR-10 (1000)", "CIFAR-10 (4000)"]
+    # the ATLD rows differ only at inference (IMT): one sweep and one model per seed, shared by all three
+    atld = {s.rsplit("-", 1)[0] for s in plan.sources if "atld" in s}
+    assert atld == {"paper-atld_minus-cifar10-all", "paper-atld_minus-cifar100-all", "paper-atld_minus-svhn-all"}
+    raw = {s.rsplit("-", 1)[0]: r for s, r in plan.sweep_raw.items()}  # names end in a hash of the sweep's config
+    # the method's model override reaches its sweep (ATLD's WideResNet), the profile's model the others
+    assert raw["paper-pgd_at-cifar10-all"]["base"]["model"]["name"] == "wrn"
+    assert raw["paper-vat-cifar10-4000"]["base"]["model"]["name"] == "convlarge"
+    assert raw["paper-vat-cifar10-4000"]["base"]["data"]["n_labeled"] == 4000
+    # RO-L1: its norm is fixed (not searched) and its ε range is the L1 one
+    ro = raw["paper-ro_l1-mnist-all"]
+    assert ro["base"]["method"]["params"] == {"norm": "l1"}
+    assert "method.params.norm" not in ro["search_space"]
+    assert ro["search_space"]["method.params.eps"] == {"uniform": [2.0, 10.0]}
+
+
+def test_laptop_drops_unavailable_columns_and_stands_in_for_tables_without_any():
+    plan = make_plan(load_pipeline_spec(PIPELINES / "laptop.yaml"))
+    t = {x.spec.name: x for x in plan.tables}
+    ater = t["ater_supervised"]
+    assert [c.header for c in ater.columns] == ["mnist5k"]
+    assert any("CIFAR-10" in f and "not computed" in f for f in ater.footnotes)
+    assert ater.columns[0].show_paper  # genuine MNIST column: the paper's MNIST value is shown
+    wb = t["atld_whitebox"]
+    assert [c.header for c in wb.columns][:3] == ["mnist5k clean", "mnist5k FGSM", "mnist5k PGD-20"]
+    assert not any(c.show_paper for c in wb.columns)  # stand-in: no paper value beside it
+    assert any("stands in for CIFAR-10" in f for f in wb.footnotes)
+    assert all("reduced budget" in x.title for x in plan.tables + plan.figures)
+    # stand-in columns and genuine MNIST columns with the same data share sweeps (no duplicate training)
+    assert not any("cifar10" in s for s in plan.sources)
+    assert t["fat_sensitivity"].seeds == [0]  # the profile's override of one table
+
+
+def test_changing_a_budget_names_new_sweeps(tmp_path):
+    a = make_plan(load_pipeline_spec(PIPELINES / "laptop.yaml"))
+    b = make_plan(load_pipeline_spec(PIPELINES / "laptop.yaml", {"datasets": {"mnist": {"train": {"epochs": 7}}}}))
+    assert len(a.sources) == len(b.sources) and not set(a.sources) & set(b.sources)
+    again = make_plan(load_pipeline_spec(PIPELINES / "laptop.yaml"))
+    assert set(again.sources) == set(a.sources)  # stable: a rerun finds the same sweeps
+
+
+def test_attack_labels_follow_the_profiles_step_counts():
+    assert map_attack("pgd-40", (2, 3, 4)) == "pgd-3"
+    assert map_attack("pgd-20[both]", (5,)) == "pgd-5[both]"
+    assert map_attack("pgd-20@standard", (7, 8, 9)) == "pgd-7@standard"
+    assert map_attack("fgsm@baseline", (7, 8, 9)) == "fgsm@baseline"
+    assert map_attack("cw-100", None) == "cw-100"
+    assert attack_header("pgd-20[classifier]") == "PGD-20 [classifier]" and attack_header("aa") == "AA"
+
+
+def test_bad_profile_lists_every_problem_before_anything_starts(tmp_path):
+    p = _profile(tmp_path, datasets={"mnist": {"name": "mnist5k"}, "imagenet": {"name": "nope"}},
+                 methods={"vat": {"method": "vatt"}}, stand_in="svhn",
+                 overrides={"no_such_table": {"seeds": [1]}, "fat_sensitivity": {"seeds": [0, 0]}})
+    with pytest.raises(ConfigError) as e:
+        make_plan(load_pipeline_spec(p))
+    msg = str(e.value)
+    for needle in ("overrides.no_such_table: no table or figure", "datasets.imagenet: not a paper dataset",
+                   "unknown dataset 'nope'", "unknown method 'vatt'", "stand_in: 'svhn'",
+                   "tables.fat_sensitivity: seeds must be distinct"):
+        assert needle in msg, (needle, msg)
+
+
+def test_bad_row_set_and_paper_values_are_caught(tmp_path):
+    p = _profile(tmp_path, overrides={"fat_sensitivity": {"rows": [
+        {"label": "x", "method": "fat", "set": {"method.params.epz": 1.0}}]},
+        "xvat_ssl": {"rows": [{"label": "VAT", "method": "vat", "paper": [98.6]}]}})
+    with pytest.raises(ConfigError) as e:
+        make_plan(load_pipeline_spec(p))
+    msg = str(e.value)
+    assert "row 'VAT' has 1 paper values for 3 columns" in msg
+    p = _profile(tmp_path, overrides={"fat_sensitivity": {"rows": [
+        {"label": "x", "method": "fat", "set": {"method.params.epz": 1.0}}]}})
+    with pytest.raises(ConfigError, match="epz"):
+        make_plan(load_pipeline_spec(p))
+
+
+def test_only_unknown_name_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="--only 'nope': no such table or figure; have: xvat_ssl"):
+        make_plan(load_pipeline_spec(_profile(tmp_path)), only="nope")
+
+
+def test_paper_dry_run_prints_cost_and_starts_nothing(tmp_path, capsys, monkeypatch):
+    from robust_core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["final", str(PIPELINES / "paper.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "[estimate]" in out and "GPU-hours" in out
+    total = float(next(line for line in out.splitlines() if line.strip().startswith("total")).split()[1])
+    assert total > 100  # 63 sweeps of the papers' schedules: hundreds of GPU-hours, not zero
+    assert "nothing was started" in out
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
