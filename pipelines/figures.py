@@ -208,7 +208,9 @@ def render_figure(fig: Figure, out_dir: Path) -> dict[str, Path]:
     n = len(fig.panels)
     ncols = min(MAX_COLS, n)
     nrows = math.ceil(n / ncols)
-    width, panel_h, title_h = 4.6 * ncols, 3.6, 0.35
+    width, panel_h = max(4.6 * ncols, 6.4), 3.6
+    title_lines = textwrap.wrap(fig.title, max(30, int(width * 72 / (12 * 0.6)))) or [""]  # chars/line at 12 pt
+    title_h = 0.2 + 0.22 * len(title_lines)
     wrap = max(40, int(width * 72 / (7 * 0.6)))  # characters per line at 7 pt
     note_lines = [ln for note in fig.notes for ln in (textwrap.wrap(note, wrap, subsequent_indent="    ") or [""])]
     notes_h = (len(note_lines) * 7 * 1.35 / 72 + 0.15) if note_lines else 0.0
@@ -220,7 +222,7 @@ def render_figure(fig: Figure, out_dir: Path) -> dict[str, Path]:
         colours = _colours(fig)
         for k, p in enumerate(fig.panels):
             _draw_panel(mfig.add_subplot(nrows, ncols, k + 1), p, colours)
-        mfig.suptitle(fig.title, fontsize=12)
+        mfig.suptitle("\n".join(title_lines), fontsize=12)
         if note_lines:
             mfig.text(0.01, 0.05 / height, "\n".join(note_lines), ha="left", va="bottom", fontsize=7,
                       linespacing=1.35)

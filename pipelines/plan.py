@@ -23,6 +23,11 @@ ATTACK_DISPLAY = {"clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "cw": "CW", "a
                   "l2grad": "L2"}
 
 
+# bumped when a suite's results change meaning, so finished evaluations of the old version are not reused:
+# autoattack 2 = the dynamic-defense flag no longer leaks from an earlier model in the same worker process
+SUITE_VERSION = {"autoattack": 2}
+
+
 def _h(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()[:16]
 
@@ -75,7 +80,8 @@ class EvalUnit:
 
     @property
     def key(self) -> str:
-        return _h([self.suite, self.target, self.inference_json, self.settings_json, self.sources, self.baseline])
+        return _h([self.suite, SUITE_VERSION.get(self.suite, 1), self.target, self.inference_json, self.settings_json,
+                   self.sources, self.baseline])
 
 
 @dataclass
@@ -162,6 +168,7 @@ class Planner:
         self.sweep_raw: dict[str, dict[str, Any]] = {}
         self.retrains: set[RetrainKey] = set()
         self.evals: dict[str, EvalUnit] = {}
+        self._names: dict[str, str] = {}  # sweep stem -> name with its config hash
 
     # ------------------------------------------------------------------ settings and sources
     def setting(self, paper: str, labels: int | None, stand_in: bool = False) -> Setting | None:
@@ -180,13 +187,15 @@ class Planner:
             mode = "defaults" if self.spec.sweep.mode == "defaults" else "sweep"
             mkey = self._shared_key(row.method)
             stem = f"{self.spec.name}-{mkey}-{setting.key}" + ("-defaults" if mode == "defaults" else "")
-            raw = self._sweep_raw(stem, mkey, setting)
-            # the name carries a hash of what the sweep is: editing a profile's budget or space starts new sweeps
-            # (the old ones stay in MLflow) instead of clashing with a finished sweep of the same name
-            what = {k: v for k, v in raw.items() if k not in ("name", "tracking", "storage")}
-            name = f"{stem}-{_h(what)[:6]}"
+            if stem not in self._names:
+                raw = self._sweep_raw(stem, mkey, setting)
+                # the name carries a hash of what the sweep is: editing a profile's budget or space starts new
+                # sweeps (the old ones stay in MLflow) instead of clashing with a finished sweep of the same name
+                what = {k: v for k, v in raw.items() if k not in ("name", "tracking", "storage")}
+                self._names[stem] = name = f"{stem}-{_h(what)[:6]}"
+                self.sweep_raw[name] = {**raw, "name": name}
+            name = self._names[stem]
             src = SourceUnit(name, False, mkey, setting)
-            self.sweep_raw.setdefault(name, {**raw, "name": name})
         self.sources.setdefault(src.name, src)
         return src
 

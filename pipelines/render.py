@@ -180,18 +180,20 @@ def build_figure(r: "Runner", rf: ResolvedFigure) -> Figure:
                                              tuple(a for a, _ in agg), tuple(b for _, b in agg), style))
                 panels.append(Panel(f"{s.header}: {' vs '.join(pair)}", "epoch", "error (%)", tuple(series)))
         elif f.kind == "epochs_to_reach":
-            series, never = [], []
+            series: list[Series] = []
+            never: list[str] = []
             for row in f.rows:
                 ys, es = [], []
                 for thr in f.thresholds:
                     eps_needed = []
-                    for k in rf.rows[(row.label, s.key)]:
+                    keys = rf.rows[(row.label, s.key)]
+                    for k in keys:
                         h = _history(r, r.retrains[k]["run_id"], "test_acc")
                         hit = [ep for ep in sorted(h) if h[ep] * 100 >= thr]
                         if hit:
                             eps_needed.append(float(hit[0]))
-                        else:
-                            never.append(f"{row.label} seed {k.seed} never reached {thr:g}% test accuracy")
+                    if len(eps_needed) < len(keys):
+                        never.append(f"{row.label} {thr:g}% ({len(keys) - len(eps_needed)}/{len(keys)} seeds)")
                     a, b = _agg(eps_needed)
                     ys.append(a)
                     es.append(b)
@@ -200,9 +202,10 @@ def build_figure(r: "Runner", rf: ResolvedFigure) -> Figure:
             panels.append(Panel(s.header, "test accuracy reached (%)", "epochs needed", tuple(series), kind="bar",
                                 xticklabels=tuple(f"{t:g}" for t in f.thresholds)))
             if never:
-                flags.append("not counted (mean over the seeds that did reach it): " + "; ".join(never))
+                flags.append(f"{s.header}: not reached within the budget (bars average the seeds that reached it; "
+                             "no bar when none did): " + ", ".join(never))
     notes = list(rf.footnotes) + ([f"Paper: {f.paper}."] if f.paper else [])
-    notes += [_audit_note(x) if not x.startswith("not counted") else x for x in dict.fromkeys(flags)]
+    notes += [x if "not reached within the budget" in x else _audit_note(x) for x in dict.fromkeys(flags)]
     notes.append(f"Mean ± sample std over seeds {rf.seeds}.")
     return Figure(f.name, rf.title, tuple(panels), tuple(f"[{i}] {n}" for i, n in enumerate(notes, 1)))
 
@@ -221,8 +224,6 @@ def render_outputs(r: "Runner") -> dict[str, Any]:
                            "value": None if math.isnan(s.value) else s.value}
                        for n, s in r.selections.items()},
         "tables": {}, "figures": {}}
-    index = [f"# {r.spec.name}", "", f"MLflow: experiment `{r.exp}` at `{r.uri}`, pipeline run `{r.parent}`.", "",
-             "## Tables", ""]
     for rt in r.plan.tables:
         table = build_table(r, rt)
         files = {"md": render_markdown(table), "csv": render_csv(table), "tex": render_latex(table)}
@@ -235,10 +236,6 @@ def render_outputs(r: "Runner") -> dict[str, Any]:
         lineage["tables"][rt.spec.name] = {
             row.label: {rc.header: _lineage(r, rt.cells[(row.label, j)]) for j, rc in enumerate(rt.columns)}
             for row in rt.spec.rows}
-        n = rt.spec.name
-        index.append(f"- [{rt.title}]({n}.md) ([csv]({n}.csv), [tex]({n}.tex))")
-    if r.plan.figures:
-        index += ["", "## Figures", ""]
     for rf in r.plan.figures:
         fig = build_figure(r, rf)
         paths = render_figure(fig, out)
@@ -249,25 +246,50 @@ def render_outputs(r: "Runner") -> dict[str, Any]:
             log_artifact_file(r.uri, r.parent, str(p), "figures")
         lineage["figures"][rf.spec.name] = {
             f"{lab} | {sk}": [r.retrains[k]["run_id"] for k in ks] for (lab, sk), ks in rf.rows.items()}
-        n = rf.spec.name
-        index.append(f"- [{rf.title}]({n}.png) ([pdf]({n}.pdf), [data]({n}.csv))")
+    old = out / "lineage.json"
+    if old.is_file():  # a run with --only updates its own entries and keeps the others'
+        prev = json.loads(old.read_text())
+        for key in ("selections", "tables", "figures"):
+            lineage[key] = {**prev.get(key, {}), **lineage[key]}
     text = json.dumps(lineage, indent=2)
-    (out / "lineage.json").write_text(text)
+    old.write_text(text)
     log_artifact_text(r.uri, r.parent, "lineage.json", text)
-    index += ["", f"Lineage of every cell and point: [lineage.json](lineage.json). Trained {r.trained} model(s), "
-                  f"reused {r.reused}; ran {r.evaluated} evaluation(s), reused {r.evals_reused}.", ""]
-    (out / "index.md").write_text("\n".join(index))
-    log_artifact_text(r.uri, r.parent, "index.md", "\n".join(index))
+    index = write_index(r, out)
+    log_artifact_text(r.uri, r.parent, "index.md", index)
     return {"tables": tables, "figures": figures, "index": str(out / "index.md")}
 
 
+def write_index(r: "Runner", out: Path) -> str:
+    """``index.md``: every table and figure of the pipeline that exists in ``out`` (so ``--only`` keeps the others)."""
+    suffix = f" ({r.spec.title_suffix})" if r.spec.title_suffix else ""
+    lines = [f"# {r.spec.name}", "", f"MLflow: experiment `{r.exp}` at `{r.uri}`, last pipeline run `{r.parent}`.", ""]
+    tabs = [t for t in r.spec.tables if (out / f"{t.name}.md").is_file()]
+    figs = [f for f in r.spec.figures if (out / f"{f.name}.png").is_file()]
+    if tabs:
+        lines += ["## Tables", ""] + [f"- [{t.title}{suffix}]({t.name}.md) ([csv]({t.name}.csv), [tex]({t.name}.tex))"
+                                      for t in tabs]
+    if figs:
+        lines += ["", "## Figures", ""] + [f"- [{f.title}{suffix}]({f.name}.png) ([pdf]({f.name}.pdf), "
+                                           f"[data]({f.name}.csv))" for f in figs]
+    lines += ["", f"Lineage of every cell and point: [lineage.json](lineage.json). Last run: trained {r.trained} "
+                  f"model(s), reused {r.reused}; ran {r.evaluated} evaluation(s), reused {r.evals_reused}.", ""]
+    text = "\n".join(lines)
+    (out / "index.md").write_text(text)
+    return text
+
+
 def _lineage(r: "Runner", ref: CellRef) -> dict[str, Any]:
-    d: dict[str, Any] = {"retrain_run_ids": [r.retrains[k]["run_id"] for k in ref.retrains]}
+    """Where one cell comes from: sweep → selected trial → retrain run per seed (→ evaluation run per seed)."""
+    sel = r.selections[ref.retrains[0].source]
+    d: dict[str, Any] = {"sweep": sel.sweep, "sweep_run_id": sel.sweep_run_id, "trial_run_id": sel.trial_run_id,
+                         "selection": {sel.metric: None if math.isnan(sel.value) else sel.value},
+                         "set": ref.retrains[0].set,
+                         "retrain_run_ids": {str(k.seed): r.retrains[k]["run_id"] for k in ref.retrains}}
     if any(u is not None for u in ref.evals):
-        d["eval_run_ids"] = [r.evals[u.key]["run_id"] for u in ref.evals if u is not None]
+        d["eval_run_ids"] = {str(u.target.seed): r.evals[u.key]["run_id"] for u in ref.evals if u is not None}
         d["attack"] = ref.attack
     if ref.reference:
-        d["reference_run_ids"] = [r.retrains[k]["run_id"] for k in ref.reference]
+        d["reference_run_ids"] = {str(k.seed): r.retrains[k]["run_id"] for k in ref.reference}
     return d
 
 

@@ -108,7 +108,8 @@ def render_markdown(t: Table) -> str:
         lines.append(f"| {_md(r.label)} | " + " | ".join(cells) + " |")
     n = sorted({len(c.values) for r in t.rows for c in r.cells if c.values})
     paper = " (published value in parentheses)" if any(c.paper is not None for r in t.rows for c in r.cells) else ""
-    lines += ["", f"Mean ± sample std over {'/'.join(map(str, n)) or 0} seeds; best in bold{paper}."]
+    seeds = "seed" if n == [1] else "seeds"
+    lines += ["", f"Mean ± sample std over {'/'.join(map(str, n)) or 0} {seeds}; best in bold{paper}."]
     lines += [f"[{k}] {note}" for k, note in enumerate(notes, 1)]
     return "\n".join(lines) + "\n"
 

@@ -75,10 +75,11 @@ def test_lineage_and_mlflow_trace_every_cell(smoke_run):
     wb = lineage["tables"]["atld_whitebox"]["ATLD+"]
     cell = next(iter(wb.values()))
     assert len(cell["retrain_run_ids"]) == len(spec.seeds) and len(cell["eval_run_ids"]) == len(spec.seeds)
-    ev = client.get_run(cell["eval_run_ids"][0])
+    assert cell["trial_run_id"] == "" and cell["selection"] == {"defaults (no sweep)": None}  # smoke: no sweeps
+    ev = client.get_run(cell["eval_run_ids"]["0"])
     assert ev.data.tags["robust_sweep.kind"] == "evaluation"
-    assert ev.data.tags["robust_sweep.model_run_id"] == cell["retrain_run_ids"][0]
-    rt = client.get_run(cell["retrain_run_ids"][0])
+    assert ev.data.tags["robust_sweep.model_run_id"] == cell["retrain_run_ids"]["0"]
+    rt = client.get_run(cell["retrain_run_ids"]["0"])
     assert rt.data.tags["robust_sweep.kind"] == "retrain" and "test_acc" in rt.data.metrics
     # per-epoch test accuracy exists only on retrains (learning curves), recorded after selection
     assert len(client.get_metric_history(rt.info.run_id, "test_acc")) >= 2
@@ -95,3 +96,6 @@ def test_rerun_reuses_everything_and_only_renders_one(smoke_run):
     assert {n: (out / f"{n}.md").read_text() for n in CATALOG_TABLES} == before  # same runs -> same tables
     one = run_pipeline(spec, only="atld_ablation", log=lambda *a: None)
     assert one["tables"] == {} and set(one["figures"]) == {"atld_ablation"} and one["trained"] == 0
+    index = (out / "index.md").read_text()  # --only keeps the other outputs listed, and their lineage
+    assert all(f"({n}.md)" in index for n in CATALOG_TABLES) and all(f"({n}.png)" in index for n in CATALOG_FIGURES)
+    assert set(json.loads((out / "lineage.json").read_text())["tables"]) == set(CATALOG_TABLES)

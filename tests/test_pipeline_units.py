@@ -73,3 +73,26 @@ def test_tiny_data_never_overwrites_real_files(tmp_path):
     write_tiny_dataset("mnist", tmp_path, seed=5)  # idempotent: the marker keeps the first copy
     assert (tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte").read_bytes() == before
     assert np.frombuffer(before[8:], np.uint8).max() == 9
+
+
+def test_autoattack_dynamic_flag_does_not_leak_to_the_next_model():
+    """pyautoattack counts autograd calls in a global it never resets; a plain model attacked after a model that
+    differentiates inside its forward (ATLD's IMT) must not be flagged as a dynamic defense."""
+    from torch import nn
+
+    from robust_core.attacks.autoattack import AutoAttack
+
+    torch.manual_seed(0)
+    x, y = torch.rand(20, 1, 28, 28), torch.randint(0, 10, (20,))
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+
+    class Dynamic(nn.Module):
+        def forward(self, z):
+            with torch.enable_grad():
+                zz = z.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(plain(zz).sum(), zz)
+            return plain(z - 0.01 * g.sign())
+
+    aa = AutoAttack(eps=0.1, version="custom", attacks=("apgd-ce",), n_iter=2)
+    assert any("dynamic defense" in f for f in aa.run(Dynamic(), x, y, 20)[1])
+    assert not any("dynamic defense" in f for f in aa.run(plain, x, y, 20)[1])

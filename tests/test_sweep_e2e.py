@@ -184,8 +184,9 @@ def test_final_pipeline_on_the_sweep_then_rerun_reuses(sweep, tmp_path):
     csv_line = (tmp_path / "out" / "ssl.csv").read_text().splitlines()[1]
     assert all(r.info.run_id in csv_line for r in retrains)
     lineage = json.loads((tmp_path / "out" / "lineage.json").read_text())
-    assert lineage["tables"]["ssl"]["VAT"]["trial_run_id"] == best_trial
-    assert set(lineage["tables"]["ssl"]["VAT"]["retrain_run_ids"].values()) == {r.info.run_id for r in retrains}
+    cell = lineage["tables"]["ssl"]["VAT"]["test accuracy (%)"]
+    assert cell["trial_run_id"] == best_trial and cell["sweep"] == "e2e-vat"
+    assert set(cell["retrain_run_ids"].values()) == {r.info.run_id for r in retrains}
     for ext in ("md", "csv", "tex"):
         assert (tmp_path / "out" / f"ssl.{ext}").is_file()
 

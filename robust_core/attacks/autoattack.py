@@ -37,6 +37,16 @@ class _Capture(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def _reset_dynamic_check() -> None:
+    """pyautoattack's check for dynamic defenses counts autograd calls seen during one forward pass in a module-level
+    dict that it never resets: after one model that differentiates inside its forward (e.g. ATLD's IMT), every later
+    run in the same process would be flagged "dynamic". Reset it so each run's flag is about its own model."""
+    from pyautoattack import checks
+
+    for k in checks.funcs:
+        checks.funcs[k] = 0
+
+
 @ATTACKS.register("autoattack")
 @dataclass(frozen=True)
 class AutoAttack(Attack):
@@ -116,6 +126,7 @@ class AutoAttack(Attack):
     def run(self, model, x: Tensor, y: Tensor, batch_size: int = 500) -> tuple[Tensor, list[str]]:
         """(x_adv, AutoAttack's own warnings) for the whole set; the model's mode is not touched."""
         adv = self._adversary(_AsDtype(model, x.dtype), x.device)
+        _reset_dynamic_check()
         cap = _Capture()
         logger = logging.getLogger("auto-attack")
         logger.addHandler(cap)
