@@ -84,7 +84,9 @@ def _cell(r: "Runner", rt: ResolvedTable, row_label: str, j: int) -> Cell:
     row = next(x for x in rt.spec.rows if x.label == row_label)
     if rc.show_paper and row.paper is not None:
         paper = row.paper[rt.spec.columns.index(col)]
-    return Cell(tuple(vals), tuple(ids + eval_ids), note, paper, tuple(dict.fromkeys(notes)))
+    notes = list(dict.fromkeys(notes))
+    suspect = any(n.startswith("masking audit:") for n in notes)
+    return Cell(tuple(vals), tuple(ids + eval_ids), note, paper, tuple(notes), suspect)
 
 
 def build_table(r: "Runner", rt: ResolvedTable) -> Table:

@@ -18,6 +18,7 @@ class Cell:
     note: str = ""  # why a cell is missing, or a warning; becomes a footnote
     paper: float | None = None  # the published value, shown in parentheses (not part of the bolding)
     notes: tuple[str, ...] = ()  # more footnotes (e.g. masking-audit warnings of the records behind the cell)
+    suspect: bool = False  # a masking-audit warning concerns this number: shown, footnoted, never bold as "best"
 
     @property
     def all_notes(self) -> tuple[str, ...]:
@@ -51,7 +52,8 @@ class Table:
     column_higher: tuple[bool, ...] | None = None  # per-column direction (e.g. accuracy next to error); None: table's
 
     def best_rows(self, col: int) -> set[int]:
-        vals = [(i, r.cells[col].mean) for i, r in enumerate(self.rows) if r.cells[col].values]
+        vals = [(i, r.cells[col].mean) for i, r in enumerate(self.rows)
+                if r.cells[col].values and not r.cells[col].suspect]
         if not vals:
             return set()
         higher = self.higher_is_better if self.column_higher is None else self.column_higher[col]
@@ -109,7 +111,9 @@ def render_markdown(t: Table) -> str:
     n = sorted({len(c.values) for r in t.rows for c in r.cells if c.values})
     paper = " (published value in parentheses)" if any(c.paper is not None for r in t.rows for c in r.cells) else ""
     seeds = "seed" if n == [1] else "seeds"
-    lines += ["", f"Mean ± sample std over {'/'.join(map(str, n)) or 0} {seeds}; best in bold{paper}."]
+    suspect = (" (not given to cells with a masking-audit footnote)"
+               if any(c.suspect for r in t.rows for c in r.cells) else "")
+    lines += ["", f"Mean ± sample std over {'/'.join(map(str, n)) or 0} {seeds}; best in bold{suspect}{paper}."]
     lines += [f"[{k}] {note}" for k, note in enumerate(notes, 1)]
     return "\n".join(lines) + "\n"
 
