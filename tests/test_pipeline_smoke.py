@@ -25,6 +25,9 @@ CATALOG_FIGURES = [f["name"] for f in _CATALOG["figures"]]
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
+    import ray
+
+    started_here = not ray.is_initialized()
     cwd = tmp_path_factory.mktemp("smoke")
     mp = pytest.MonkeyPatch()
     mp.chdir(cwd)
@@ -33,8 +36,9 @@ def smoke_run(tmp_path_factory):
     finally:
         mp.undo()
     assert code == 0
-    spec = load_pipeline_spec(SMOKE, cwd=cwd)
-    return cwd, spec
+    yield cwd, load_pipeline_spec(SMOKE, cwd=cwd)
+    if started_here:  # the pipeline started a local Ray instance: leave none behind for other test modules
+        ray.shutdown()
 
 
 def test_smoke_writes_every_table_and_figure(smoke_run):
