@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from pipelines.plan import EvalUnit, Plan, RetrainKey, make_plan
 from pipelines.spec import PipelineSpec
-from robust_core.config import RunConfig, build_run_config, dump_yaml, set_path
+from robust_core.config import RunConfig, build_run_config, dump_yaml
 
 TAG = "robust_sweep."
 EVAL_JSON = "eval.json"
@@ -65,19 +65,7 @@ def select_best(spec: PipelineSpec, sweep: str) -> Selection:
 
 
 def seeded(cfg: RunConfig, seed: int, vary: list[str]) -> RunConfig:
-    raw = cfg.to_dict()
-    for path in vary:
-        set_path(raw, path, seed)
-    return build_run_config(raw)
-
-
-def with_set(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    if not overrides:
-        return cfg
-    raw = cfg.to_dict()
-    for path, v in overrides.items():
-        set_path(raw, path, v)
-    return build_run_config(raw, f"selected config with {overrides}")
+    return cfg.with_values({path: seed for path in vary}, f"config with seed {seed}")
 
 
 # ---------------------------------------------------------------------------------------------------- Ray tasks
@@ -127,12 +115,12 @@ def _eval_task(unit: dict[str, Any], uri: str, models: dict[str, str], eval_run_
             model, kw = clf, {"method": method}
         elif suite == "transfer":
             sets = []
-            for name, _, inf in unit["sources"]:
+            for name, inf in unit["sources"]:
                 _, sc, sm = load(f"source_{name}", inf)
                 sets.append(make_adv_set(sm.inference_model(sc), data, settings, name))
             kw = {"adv_sets": sets}
         elif suite == "fixed_set":
-            _, bc, bm = load("baseline", unit["baseline"][1])
+            _, bc, bm = load("baseline", unit["baseline_inference"])
             kw = {"adv_sets": fixed_adv_sets(bm.inference_model(bc), data, settings, "baseline")}
         torch.manual_seed(settings.seed)
         res = run_suites({suite: (model, kw)}, data, settings, probe_model=wrapped)
@@ -152,7 +140,7 @@ class Runner:
         self.plan, self.spec, self.log = plan, plan.spec, log
         self.uri, self.exp = plan.spec.tracking.uri, plan.spec.tracking.experiment
         self.selections: dict[str, Selection] = {}
-        self.retrains: dict[RetrainKey, dict[str, Any]] = {}  # -> {"run_id", "metrics", "reused", "config"}
+        self.retrains: dict[RetrainKey, dict[str, Any]] = {}  # -> {"run_id", "metrics", "reused"}
         self.evals: dict[str, dict[str, Any]] = {}  # eval key -> {"run_id", "records", "audit", "reused"}
         self.trained = self.reused = self.evaluated = self.evals_reused = 0
         self.parent = ""
@@ -203,7 +191,8 @@ class Runner:
 
     # -------------------------------------------------------------- 2. retrains
     def retrain_config(self, k: RetrainKey) -> RunConfig:
-        return seeded(with_set(self.selections[k.source].config, k.set), k.seed, self.spec.vary)
+        cfg = self.selections[k.source].config.with_values(k.set, f"{k.source} with {k.set}")
+        return seeded(cfg, k.seed, self.spec.vary)
 
     def run_retrains(self, exp_id: str) -> None:
         from robust_core.tracking import find_runs, log_artifact_text, log_params, start_run
@@ -217,8 +206,7 @@ class Runner:
             runs = [r for r in runs if "test_acc" in r.data.metrics]
             if runs:
                 r = min(runs, key=lambda r: r.info.start_time)
-                self.retrains[k] = {"run_id": r.info.run_id, "metrics": dict(r.data.metrics), "reused": True,
-                                    "config": cfg}
+                self.retrains[k] = {"run_id": r.info.run_id, "metrics": dict(r.data.metrics), "reused": True}
                 continue
             sel = self.selections[k.source]
             tags = {f"{TAG}kind": "retrain", f"{TAG}pipeline": self.spec.name, f"{TAG}sweep": k.source,
@@ -246,7 +234,7 @@ class Runner:
 
         def done(ref, final):
             k, cfg, run_id = refs[ref]
-            self.retrains[k] = {"run_id": run_id, "metrics": final, "reused": False, "config": cfg}
+            self.retrains[k] = {"run_id": run_id, "metrics": final, "reused": False}
             what = f"{k.source} {k.set_json}" if k.set else k.source
             self.log(f"[retrain {len(self.retrains) - self.reused}/{len(refs)}] {what} seed {k.seed}: "
                      f"test_acc={final.get('test_acc', float('nan')):.4f}  ({time.time() - t0:.0f}s)")
@@ -328,9 +316,10 @@ class Runner:
 
 
 def _unit_dict(u: EvalUnit) -> dict[str, Any]:
+    """What the evaluation task needs besides the run ids: suite, settings, each model's inference overrides."""
     return {"suite": u.suite, "inference_json": u.inference_json, "settings_json": u.settings_json,
-            "sources": [[n, None, inf] for n, _, inf in u.sources],
-            "baseline": None if u.baseline is None else [None, u.baseline[1]]}
+            "sources": [[n, inf] for n, _, inf in u.sources],
+            "baseline_inference": None if u.baseline is None else u.baseline[1]}
 
 
 def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run: bool = False) -> dict[str, Any]:

@@ -404,13 +404,8 @@ def _validate_sweeps(p: Planner) -> None:
             p.problems += [f"{name}: {x}" for x in e.problems]
     for k in p.retrains:  # the rows' `set` overrides must name real config keys
         if k.set and k.source in p.sweep_raw:
-            raw = deep_merge({}, p.sweep_raw[k.source]["base"])
-            from robust_core.config import set_path
-
-            for path, v in k.set.items():
-                set_path(raw, path, v)
             try:
-                build_run_config(raw, f"{k.source} with set {k.set}")
+                build_run_config(p.sweep_raw[k.source]["base"]).with_values(k.set, f"{k.source} with set {k.set}")
             except ConfigError as e:
                 p.problems += [f"{k.source} set {k.set}: {x}" for x in e.problems]
     p.problems = list(dict.fromkeys(p.problems))

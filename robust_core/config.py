@@ -120,6 +120,15 @@ class RunConfig(Strict):
     def flat(self) -> dict[str, Any]:
         return flatten(self.to_dict())
 
+    def with_values(self, values: Mapping[str, Any], source: str = "config") -> "RunConfig":
+        """A copy with dotted-path values set (``{"train.lr": 0.01}``), validated again."""
+        if not values:
+            return self
+        raw = self.to_dict()
+        for path, value in values.items():
+            set_path(raw, path, value)
+        return build_run_config(raw, source)
+
 
 def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
     """Checks against the registries (names, method params, model kwargs, label balance) on a plain dict, so they

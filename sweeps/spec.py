@@ -95,10 +95,7 @@ class SweepConfig(Strict):
 
     def trial_config(self, sampled: Mapping[str, Any]) -> RunConfig:
         """The typed config of one trial: base + the sampled values (flat dotted keys, as Tune passes them)."""
-        raw = self.base.to_dict()
-        for path, value in sampled.items():
-            set_path(raw, path, value)
-        return build_run_config(raw, f"trial config of sweep {self.name}")
+        return self.base.with_values(sampled, f"trial config of sweep {self.name}")
 
     def to_yaml_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json")
