@@ -56,8 +56,8 @@ class Estimate:
                  "the profile's cost_step_s):"]
         for phase in ("sweeps", "retrains", "evaluations"):
             lines.append(f"  {phase:<12} {self.counts.get(phase, 0):>5} units  {self.hours.get(phase, 0.0):9.2f} h")
-        lines.append(f"  {'total':<12} {'':>5}        {self.total:9.2f} h (already finished work found in MLflow "
-                     "is not redone)")
+        lines.append(f"  {'total':<12} {'':>5}        {self.total:9.2f} h (before reuse: work already finished in "
+                     "MLflow is not redone)")
         if self.unknown:
             lines.append("  not estimated (no cost_step_s in the profile): " + ", ".join(sorted(set(self.unknown))))
         return "\n".join(lines)

@@ -357,7 +357,9 @@ class Planner:
             s = self.setting(f.settings[0].dataset, f.settings[0].labels, stand_in=True)
             if s is not None:
                 settings = [s]
-                foot.append(f"{s.display} stands in for {DISPLAY[f.settings[0].dataset]} (not available here).")
+                first = DISPLAY[f.settings[0].dataset]
+                foot = [x for x in foot if not x.startswith(f"{first} panel")]
+                foot.insert(0, f"{s.display} stands in for {first} (not available in this profile).")
         if not settings:
             return None
         suite = {"curves": "curves", "budget": "budget", "bars": "whitebox"}.get(f.kind)

@@ -68,6 +68,11 @@ def test_laptop_drops_unavailable_columns_and_stands_in_for_tables_without_any()
     assert not any(c.show_paper for c in wb.columns)  # stand-in: no paper value beside it
     assert any("stands in for CIFAR-10" in f for f in wb.footnotes)
     assert all("reduced budget" in x.title for x in plan.tables + plan.figures)
+    budget = next(f for f in plan.figures if f.spec.name == "atld_budget")
+    assert budget.footnotes == ["mnist5k stands in for CIFAR-10 (not available in this profile)."]
+    noise = next(f for f in plan.figures if f.spec.name == "ater_noise")  # MNIST panel kept, CIFAR-10 one dropped
+    assert [s.header for s in noise.settings] == ["mnist5k"]
+    assert noise.footnotes == ["CIFAR-10 panel not computed in this profile (data not available here)."]
     # stand-in columns and genuine MNIST columns with the same data share sweeps (no duplicate training)
     assert not any("cifar10" in s for s in plan.sources)
     assert t["fat_sensitivity"].seeds == [0]  # the profile's override of one table
