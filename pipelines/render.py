@@ -117,6 +117,13 @@ def _agg(values: list[float]) -> tuple[float, float]:
     return mean(v), (stdev(v) if len(v) > 1 else 0.0)
 
 
+def _bar_series(label: str, groups: list[list[float]]) -> Series:
+    """One bar series: mean ± std of each category's values (one value per seed), categories at x = 0, 1, ..."""
+    agg = [_agg(g) for g in groups]
+    return Series(label, tuple(float(i) for i in range(len(groups))), tuple(a for a, _ in agg),
+                  tuple(b for _, b in agg))
+
+
 def _history(r: "Runner", run_id: str, key: str) -> dict[int, float]:
     from robust_core.tracking import client
 
@@ -152,7 +159,7 @@ def build_figure(r: "Runner", rf: ResolvedFigure) -> Figure:
         elif f.kind == "bars":
             series = []
             for row in f.rows:
-                ys, es = [], []
+                groups = []
                 for atk in rf.attacks:
                     vals = []
                     for u in rf.evals[(row.label, s.key)]:
@@ -160,11 +167,8 @@ def build_figure(r: "Runner", rf: ResolvedFigure) -> Figure:
                         if rec is not None:
                             vals.append(rec["accuracy"] * 100)
                             flags += rec.get("flags", [])
-                    a, b = _agg(vals)
-                    ys.append(a)
-                    es.append(b)
-                series.append(Series(row.label, tuple(float(i) for i in range(len(rf.attacks))), tuple(ys),
-                                     tuple(es)))
+                    groups.append(vals)
+                series.append(_bar_series(row.label, groups))
             panels.append(Panel(s.header, "attack", "accuracy (%)", tuple(series), kind="bar",
                                 xticklabels=tuple(attack_header(a) for a in rf.attacks), ylim=(0, 100)))
         elif f.kind == "epochs":
@@ -185,7 +189,7 @@ def build_figure(r: "Runner", rf: ResolvedFigure) -> Figure:
             series: list[Series] = []
             never: list[str] = []
             for row in f.rows:
-                ys, es = [], []
+                groups = []
                 for thr in f.thresholds:
                     eps_needed = []
                     keys = rf.rows[(row.label, s.key)]
@@ -196,11 +200,8 @@ def build_figure(r: "Runner", rf: ResolvedFigure) -> Figure:
                             eps_needed.append(float(hit[0]))
                     if len(eps_needed) < len(keys):
                         never.append(f"{row.label} {thr:g}% ({len(keys) - len(eps_needed)}/{len(keys)} seeds)")
-                    a, b = _agg(eps_needed)
-                    ys.append(a)
-                    es.append(b)
-                series.append(Series(row.label, tuple(float(i) for i in range(len(f.thresholds))), tuple(ys),
-                                     tuple(es)))
+                    groups.append(eps_needed)
+                series.append(_bar_series(row.label, groups))
             panels.append(Panel(s.header, "test accuracy reached (%)", "epochs needed", tuple(series), kind="bar",
                                 xticklabels=tuple(f"{t:g}" for t in f.thresholds)))
             if never:
