@@ -92,21 +92,31 @@ def _cell_notes(t: Table) -> tuple[dict[tuple[int, int], str], list[str]]:
     return marks, notes
 
 
-def render_markdown(t: Table) -> str:
+def _cell_texts(t: Table, pm: str, missing: str, bold: str, mark: str) -> tuple[list[list[str]], list[str]]:
+    """Every cell's text in one format (``pm`` between mean and std, ``missing`` for an empty cell, ``bold`` and
+    ``mark`` as format strings for the best value and the footnote numbers); returns (rows of cells, footnotes)."""
     marks, notes = _cell_notes(t)
     best = {j: t.best_rows(j) for j in range(len(t.columns))}
-    lines = [f"### {t.title}", "", "| Method | " + " | ".join(map(_md, t.columns)) + " |",
-             "|---|" + "---|" * len(t.columns)]
+    rows = []
     for i, r in enumerate(t.rows):
         cells = []
         for j, c in enumerate(r.cells):
-            s = _pm(c, t.decimals) if c.values else "—"
+            s = _pm(c, t.decimals, pm) if c.values else missing
             if i in best[j]:
-                s = f"**{s}**"
+                s = bold.format(s)
             s += _paper(c, t.decimals)
             if (i, j) in marks:
-                s += f" [{marks[(i, j)]}]"
+                s += mark.format(marks[(i, j)])
             cells.append(s)
+        rows.append(cells)
+    return rows, notes
+
+
+def render_markdown(t: Table) -> str:
+    texts, notes = _cell_texts(t, " ± ", "—", "**{}**", " [{}]")
+    lines = [f"### {t.title}", "", "| Method | " + " | ".join(map(_md, t.columns)) + " |",
+             "|---|" + "---|" * len(t.columns)]
+    for r, cells in zip(t.rows, texts):
         lines.append(f"| {_md(r.label)} | " + " | ".join(cells) + " |")
     n = sorted({len(c.values) for r in t.rows for c in r.cells if c.values})
     paper = " (published value in parentheses)" if any(c.paper is not None for r in t.rows for c in r.cells) else ""
@@ -139,21 +149,11 @@ def tex_escape(s: str) -> str:
 
 
 def render_latex(t: Table) -> str:
-    marks, notes = _cell_notes(t)
-    best = {j: t.best_rows(j) for j in range(len(t.columns))}
+    texts, notes = _cell_texts(t, " $\\pm$ ", "---", "\\textbf{{{}}}", "$^{{{}}}$")
     out = [r"\begin{table}[t]", r"\centering", f"\\caption{{{tex_escape(t.title)}}}",
            f"\\label{{tab:{tex_escape(t.name)}}}", r"\begin{tabular}{l" + "c" * len(t.columns) + "}", r"\toprule",
            "Method & " + " & ".join(tex_escape(c) for c in t.columns) + r" \\", r"\midrule"]
-    for i, r in enumerate(t.rows):
-        cells = []
-        for j, c in enumerate(r.cells):
-            s = _pm(c, t.decimals, " $\\pm$ ") if c.values else "---"
-            if i in best[j]:
-                s = f"\\textbf{{{s}}}"
-            s += _paper(c, t.decimals)
-            if (i, j) in marks:
-                s += f"$^{{{marks[(i, j)]}}}$"
-            cells.append(s)
+    for r, cells in zip(t.rows, texts):
         out.append(tex_escape(r.label) + " & " + " & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
     for k, note in enumerate(notes, 1):
