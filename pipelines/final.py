@@ -194,18 +194,32 @@ class Runner:
         cfg = self.selections[k.source].config.with_values(k.set, f"{k.source} with {k.set}")
         return seeded(cfg, k.seed, self.spec.vary)
 
-    def run_retrains(self, exp_id: str) -> None:
-        from robust_core.tracking import find_runs, log_artifact_text, log_params, start_run
+    def finished(self, kind: str, key_tag: str, metric: str | None = None) -> dict[str, Any]:
+        """The earliest FINISHED run of ``kind`` per value of tag ``key_tag`` (one query for the whole pipeline),
+        counting only runs that logged ``metric`` when given."""
+        from robust_core.tracking import find_runs
 
+        out: dict[str, Any] = {}
+        for r in find_runs(self.uri, self.exp, f"tags.`{TAG}kind` = '{kind}' and attributes.status = 'FINISHED'"):
+            if metric is None or metric in r.data.metrics:
+                out.setdefault(r.data.tags.get(f"{TAG}{key_tag}", ""), r)  # oldest first
+        return out
+
+    def _remote(self, fn):
+        import ray
+
+        return ray.remote(num_cpus=self.spec.resources.cpu, num_gpus=self.spec.resources.gpu, max_retries=1)(fn)
+
+    def run_retrains(self, exp_id: str) -> None:
+        from robust_core.tracking import log_artifact_text, log_params, start_run
+
+        done = self.finished("retrain", "config_fingerprint", metric="test_acc")
         pending = []
         for k in sorted(self.plan.retrains, key=lambda k: (k.source, k.set_json, k.seed)):
             cfg = self.retrain_config(k)
             fp = cfg.fingerprint()
-            runs = find_runs(self.uri, self.exp, f"tags.`{TAG}kind` = 'retrain' and tags.`{TAG}config_fingerprint` = "
-                                                 f"'{fp}' and attributes.status = 'FINISHED'")
-            runs = [r for r in runs if "test_acc" in r.data.metrics]
-            if runs:
-                r = min(runs, key=lambda r: r.info.start_time)
+            if fp in done:
+                r = done[fp]
                 self.retrains[k] = {"run_id": r.info.run_id, "metrics": dict(r.data.metrics), "reused": True}
                 continue
             sel = self.selections[k.source]
@@ -223,10 +237,7 @@ class Runner:
         self.log(f"[retrain] {len(pending)} to train, {self.reused} reused from earlier runs")
         if not pending:
             return
-        import ray
-
-        task = ray.remote(num_cpus=self.spec.resources.cpu, num_gpus=self.spec.resources.gpu,
-                          max_retries=1)(_retrain_task)
+        task = self._remote(_retrain_task)
         out = Path(self.spec.output_dir) / "models"
         refs = {task.remote(cfg.to_dict(), self.uri, run_id, str(out / f"{k.source}-seed{k.seed}-{cfg.fingerprint()}")):
                 (k, cfg, run_id) for k, cfg, run_id in pending}
@@ -264,14 +275,13 @@ class Runner:
 
     # -------------------------------------------------------------- 3. evaluations
     def run_evals(self, exp_id: str) -> None:
-        from robust_core.tracking import client, find_runs, start_run
+        from robust_core.tracking import client, log_params, start_run
 
+        done = self.finished("evaluation", "eval_key")
         pending = []
         for key, u in sorted(self.plan.evals.items()):
-            runs = find_runs(self.uri, self.exp, f"tags.`{TAG}kind` = 'evaluation' and tags.`{TAG}eval_key` = '{key}'"
-                                                 " and attributes.status = 'FINISHED'")
-            if runs:
-                r = min(runs, key=lambda r: r.info.start_time)
+            if key in done:
+                r = done[key]
                 with tempfile.TemporaryDirectory() as tmp:
                     blob = json.loads(Path(client(self.uri).download_artifacts(r.info.run_id, EVAL_JSON, tmp))
                                       .read_text())
@@ -288,8 +298,6 @@ class Runner:
                     **{f"{TAG}{role}_run_id": rid for role, rid in models.items() if role != "target"}}
             run_id = start_run(self.uri, exp_id, f"eval-{u.suite}-{u.target.source}-seed{u.target.seed}", tags,
                                parent_run_id=models["target"])
-            from robust_core.tracking import log_params
-
             log_params(self.uri, run_id, {"suite": u.suite, "inference": u.inference_json,
                                           **{f"eval.{k}": v for k, v in json.loads(u.settings_json).items()}})
             pending.append((key, u, models, run_id))
@@ -297,10 +305,7 @@ class Runner:
         self.log(f"[eval] {len(pending)} to run, {self.evals_reused} reused from earlier runs")
         if not pending:
             return
-        import ray
-
-        task = ray.remote(num_cpus=self.spec.resources.cpu, num_gpus=self.spec.resources.gpu,
-                          max_retries=1)(_eval_task)
+        task = self._remote(_eval_task)
         refs = {task.remote(_unit_dict(u), self.uri, models, run_id): (key, u, run_id)
                 for key, u, models, run_id in pending}
         t0 = time.time()
