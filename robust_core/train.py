@@ -20,6 +20,7 @@ from torch import nn
 
 from robust_core.config import RunConfig
 from robust_core.data import PreparedData, prepare_data
+from robust_core.errors import TrainingDiverged
 from robust_core.methods import Batch, Method, StepContext, build_method
 from robust_core.models import build_model
 from robust_core.modes import eval_mode
@@ -222,9 +223,10 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
             with autocast():
                 out = method.loss(model, batch, ctx)
             if not torch.isfinite(out.loss):
-                raise FloatingPointError(
+                raise TrainingDiverged(
                     f"{cfg.method.name}: non-finite loss at epoch {epoch + 1}, step {i + 1} "
-                    f"({ {k: float(v) for k, v in out.logs.items()} }); lower train.lr or check the method's params")
+                    f"({ {k: float(v) for k, v in out.logs.items()} }); lower train.lr or check the method's params",
+                    epoch=epoch + 1, step=i + 1)
             opt.zero_grad(set_to_none=True)
             scaler.scale(out.loss).backward()
             if t.grad_clip is not None:

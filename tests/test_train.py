@@ -1,9 +1,12 @@
 """The ``fit`` loop: determinism, exact resume from checkpoints, schedules, AMP and non-finite guards, learning."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
+from robust_core.errors import TrainingDiverged
 from robust_core.methods import LossOutput
 from robust_core.registry import METHODS
 from robust_core.reporting import CheckpointDir, load_state
@@ -131,8 +134,10 @@ def test_non_finite_loss_names_the_method(tiny_cfg, mnist5k_100, monkeypatch):
         return LossOutput(logits.sum() * float("nan"), {"ce": 1.0}, logits)
 
     monkeypatch.setattr(METHODS.get("mle"), "loss", nan_loss)
-    with pytest.raises(FloatingPointError, match=r"mle: non-finite loss at epoch 1, step 1"):
+    with pytest.raises(TrainingDiverged, match=r"mle: non-finite loss at epoch 1, step 1") as e:
         fit(tiny_cfg(["train.epochs=1", "train.steps_per_epoch=2"]), data=mnist5k_100)
+    assert (e.value.epoch, e.value.step) == (1, 1)
+    assert copy.deepcopy(e.value).step == 1  # __reduce__ keeps the fields (Ray ships errors between workers)
 
 
 @pytest.mark.slow
