@@ -56,12 +56,24 @@ class MethodSpec(_Strict):
         return d.get(paper or "", d.get("default"))
 
 
+class PublishedValue(_Strict):
+    """A value the paper publishes for one cell, in the column's unit (accuracy or error in %, seconds, ratio).
+    ``source`` says where it is, in the form ``pipelines/check_published.py`` verifies against the paper's text
+    (``FILE.txt TABLE, lines A-B, row ROW, column COLUMN, number K``). ``value: null`` with a ``note``: the paper
+    prints something here that does not read unambiguously in the extracted text; the note (why) becomes the cell's
+    footnote. A cell the paper reports nothing for has no entry."""
+
+    value: float | None = None
+    source: str | None = None
+    note: str = ""
+
+
 class RowSpec(_Strict):
     label: str
     sweep: str | None = None  # an existing sweep (MLflow parent run) the best configuration is taken from
     method: str | None = None  # or: a key of `methods:` (the pipeline owns the sweeps)
     set: dict[str, Any] = Field(default_factory=dict)  # dotted overrides on the selected config (sensitivity rows)
-    paper: list[float | None] | None = None  # published value per column (None = not reported / not transcribed)
+    paper: dict[str, PublishedValue] = Field(default_factory=dict)  # column label -> published value (tables only)
 
     @model_validator(mode="after")
     def _one_source(self) -> "RowSpec":
@@ -257,10 +269,7 @@ def cross_problems(spec: PipelineSpec) -> list[str]:
                 if r.method is not None and r.method not in spec.methods:
                     p.append(f"{where}: row {r.label!r} names method {r.method!r}, which is not a key of `methods:`")
             if isinstance(t, TableSpec):
-                for r in t.rows:
-                    if r.paper is not None and len(r.paper) != len(t.columns):
-                        p.append(f"{where}: row {r.label!r} has {len(r.paper)} paper values for {len(t.columns)} "
-                                 "columns (write null where the paper reports none)")
+                p += published_problems(t, where)
                 for c in t.columns:
                     if c.relative_to is not None and c.relative_to not in spec.methods:
                         p.append(f"{where}: column {c.label!r}: relative_to {c.relative_to!r} is not a method key")
@@ -278,6 +287,8 @@ def cross_problems(spec: PipelineSpec) -> list[str]:
                 if any(c.suite == "fixed_set" for c in t.columns) and t.baseline is None:
                     p.append(f"{where}: fixed_set columns need `baseline:` (the row the fixed set is made on)")
             else:
+                p += [f"{where}: row {r.label!r} has `paper:` values; published values belong to table rows"
+                      for r in t.rows if r.paper]
                 for pair in t.pairs:
                     for lab in pair:
                         if lab not in labels:
@@ -291,6 +302,32 @@ def cross_problems(spec: PipelineSpec) -> list[str]:
                         p.append(f"{where}: setting dataset {s.dataset!r} is not one of {PAPER_DATASETS}")
             if t.seeds is not None and len(set(t.seeds)) != len(t.seeds):
                 p.append(f"{where}: seeds must be distinct")
+    return p
+
+
+def published_problems(t: TableSpec, where: str) -> list[str]:
+    """Every published value of ``t`` names a column of ``t`` and has a well-formed source (or, when empty, a note
+    saying why)."""
+    from pipelines.check_published import parse_source
+
+    p: list[str] = []
+    labels = [c.label for c in t.columns]
+    for r in t.rows:
+        for col, pv in r.paper.items():
+            at = f"{where}: row {r.label!r}, paper {col!r}"
+            if col not in labels:
+                p.append(f"{at}: not a column label of this table; columns: {', '.join(labels)}")
+            if pv.value is None:
+                if not pv.note:
+                    p.append(f"{at}: no value and no `note:`; give `value:` with its `source:`, or a note saying "
+                             "why the paper's value cannot be read (a cell the paper reports nothing for has no entry)")
+            elif not pv.source:
+                p.append(f"{at}: value {pv.value:g} has no `source:` (where it is printed in ../shared/papers/)")
+            else:
+                try:
+                    parse_source(pv.source)
+                except ValueError as e:
+                    p.append(f"{at}: {e}")
     return p
 
 
