@@ -59,7 +59,7 @@ class Table:
     decimals: int = 2
     footnotes: tuple[str, ...] = field(default_factory=tuple)
     column_higher: tuple[bool, ...] | None = None  # per-column direction (e.g. accuracy next to error); None: table's
-    paper_columns: tuple[str, ...] = ()  # the paper's label of each column, where ours differs (stand-in data)
+    paper_columns: tuple[str, ...] = ()  # the paper's label of each column (ours differs for stand-in data)
 
     def best_rows(self, col: int) -> set[int]:
         vals = [(i, r.cells[col].mean) for i, r in enumerate(self.rows)
@@ -137,8 +137,9 @@ class Summary:
         if self.verdicts:
             n1 = len(self.verdicts) - self.judged
             parts.append(f"Reproduced {self.reproduced} of {plural(self.judged, 'cell')} (published value inside "
-                         "our mean's 95 % t-interval over seeds)" + (f", {n1} more with one seed (gap only)" if n1 else "")
-                         + f"; mean signed gap ours − paper {signed(mean(v.gap for v in self.verdicts), d)} over "
+                         "our mean's 95 % t-interval over seeds)"
+                         + (f", {n1} more with one seed (gap only)" if n1 else "")
+                         + f"; mean signed gap ours − paper {signed(self.mean_gap or 0.0, d)} over "
                          f"{plural(len(self.verdicts), 'cell')}")
         else:
             parts.append("No cell compared with its published value")

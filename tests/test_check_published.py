@@ -37,7 +37,8 @@ def test_parse_source_reads_the_form_and_refuses_others():
 def test_normalize_drops_markup_std_and_separators():
     assert normalize("| ATLD | 86.42 | 79.48 79.81 |") == "ATLD 86.42 79.48 79.81"
     assert normalize("VAT [6]\t<b>98.64</b>\t-") == "VAT [6] 98.64 -"
-    assert normalize("Baseline\t1.11(± 0.06)  VATER 0.55 (± 0.02) x 6.76 \\pm 0.07") == "Baseline 1.11 VATER 0.55 x 6.76"
+    assert normalize("Baseline\t1.11(± 0.06)  VATER 0.55 (± 0.02) x 6.76 \\pm 0.07") == \
+        "Baseline 1.11 VATER 0.55 x 6.76"
     assert normalize("84.66/80.4/79.38") == "84.66 80.4 79.38"
 
 
@@ -75,7 +76,8 @@ def _catalogue(value: float) -> dict:
 def test_check_file_and_the_command(tmp_path, capsys):
     (tmp_path / "p.txt").write_text(PAPER)
     lines, wrong = check_file(_catalogue(86.42), tmp_path)
-    assert wrong == 0 and lines[0].startswith("ok     t / ATLD / clean = 86.42") and lines[1] == "empty  t / ATLD / CW: unreadable"
+    assert wrong == 0 and lines[0].startswith("ok     t / ATLD / clean = 86.42")
+    assert lines[1] == "empty  t / ATLD / CW: unreadable"
     lines, wrong = check_file(_catalogue(86.24), tmp_path)  # a transposed digit: our error, caught
     assert wrong == 1 and "number 1 of row 'ATLD' is 86.42, not 86.24" in lines[0]
     pending = {"t": {"ATLD": {"FGSM": {"value": 84.62, "source": "p.txt T, lines 2-6, row ATLD, column F, number 2"}}}}
