@@ -306,10 +306,7 @@ def cross_problems(spec: PipelineSpec) -> list[str]:
 
 
 def published_problems(t: TableSpec, where: str) -> list[str]:
-    """Every published value of ``t`` names a column of ``t`` and has a well-formed source (or, when empty, a note
-    saying why)."""
-    from pipelines.check_published import parse_source
-
+    """Every published value of ``t`` names a column of ``t`` and is well formed (``value_problems``)."""
     p: list[str] = []
     labels = [c.label for c in t.columns]
     for r in t.rows:
@@ -317,18 +314,25 @@ def published_problems(t: TableSpec, where: str) -> list[str]:
             at = f"{where}: row {r.label!r}, paper {col!r}"
             if col not in labels:
                 p.append(f"{at}: not a column label of this table; columns: {', '.join(labels)}")
-            if pv.value is None:
-                if not pv.note:
-                    p.append(f"{at}: no value and no `note:`; give `value:` with its `source:`, or a note saying "
-                             "why the paper's value cannot be read (a cell the paper reports nothing for has no entry)")
-            elif not pv.source:
-                p.append(f"{at}: value {pv.value:g} has no `source:` (where it is printed in ../shared/papers/)")
-            else:
-                try:
-                    parse_source(pv.source)
-                except ValueError as e:
-                    p.append(f"{at}: {e}")
+            p += value_problems(pv, at)
     return p
+
+
+def value_problems(pv: PublishedValue, at: str) -> list[str]:
+    """A value with a well-formed source, or no value and a note saying why (also for the pending file's entries)."""
+    from pipelines.check_published import parse_source
+
+    if pv.value is None:
+        return [] if pv.note else [f"{at}: no value and no `note:`; give `value:` with its `source:`, or a note saying "
+                                   "why the paper's value cannot be read (a cell the paper reports nothing for has no "
+                                   "entry)"]
+    if not pv.source:
+        return [f"{at}: value {pv.value:g} has no `source:` (where it is printed in ../shared/papers/)"]
+    try:
+        parse_source(pv.source)
+    except ValueError as e:
+        return [f"{at}: {e}"]
+    return []
 
 
 def _absolutise(raw: dict[str, Any], cwd: Path) -> dict[str, Any]:
