@@ -14,12 +14,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from pipelines.plan import Plan
+from robust_core.registry import DATASETS
 
 # × MLE per training step (benchmarks/RESULTS.md, 4×100 steps, MLP on mnist5k, 1 thread)
 STEP_COST = {"mle": 1.0, "at_fgsm": 2.5, "at_l2": 2.2, "ro": 1.6, "pgd_at": 4.7, "trades": 7.7, "ater": 4.6,
              "atld": 2.1, "xat": 2.6, "vat": 4.3, "vater": 5.4, "xvat": 3.7, "fat": 6.7}
-TRAIN_SIZE = {"mnist": 60000, "svhn": 73257, "cifar10": 50000, "cifar100": 50000, "mnist5k": 4000}
-TEST_SIZE = {"mnist": 10000, "svhn": 26032, "cifar10": 10000, "cifar100": 10000, "mnist5k": 1000}
 
 
 def attack_passes(suite: str, ev: dict) -> int:
@@ -83,7 +82,7 @@ def estimate(plan: Plan) -> Estimate:
         raw = plan.sweep_raw[source]["base"]["train"]
         epochs = raw.get("epochs", 10)
         bs = raw.get("batch_size", 64)
-        n = prof.train_size or TRAIN_SIZE.get(prof.name, 50000)
+        n = prof.train_size or DATASETS.get(prof.name).train_size
         spe = raw.get("steps_per_epoch") or math.ceil(n / bs)
         method = plan.sweep_raw[source]["base"]["method"]["name"]
         return trials * epochs * spe * prof.cost_step_s * STEP_COST.get(method, 3.0)
@@ -105,7 +104,7 @@ def estimate(plan: Plan) -> Estimate:
         if prof is None or prof.cost_step_s is None:
             continue
         ev = json.loads(u.settings_json)
-        n_test = ev.get("n_examples") or TEST_SIZE.get(prof.name, 10000)
+        n_test = ev.get("n_examples") or DATASETS.get(prof.name).test_size
         bs = plan.sweep_raw[u.target.source]["base"]["train"].get("batch_size", 64)
         hours["evaluations"] += attack_passes(u.suite, ev) * math.ceil(n_test / bs) * prof.cost_step_s / 3600
     est.hours, est.counts = dict(hours), dict(counts)

@@ -18,7 +18,6 @@ from typing import Any
 from pipelines.spec import PAPER_STEPS, ColumnSpec, FigureSpec, PipelineSpec, RowSpec, TableSpec
 from robust_core.config import ConfigError, deep_merge
 
-DISPLAY = {"mnist": "MNIST", "svhn": "SVHN", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 ATTACK_DISPLAY = {"clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "cw": "CW", "autoattack": "AA", "aa": "AA",
                   "l2grad": "L2"}
 
@@ -26,6 +25,13 @@ ATTACK_DISPLAY = {"clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "cw": "CW", "a
 # bumped when a suite's results change meaning, so finished evaluations of the old version are not reused:
 # autoattack 2 = the dynamic-defense flag no longer leaks from an earlier model in the same worker process
 SUITE_VERSION = {"autoattack": 2}
+
+
+def display(dataset: str) -> str:
+    """A registered dataset's name in headers (the paper datasets' names are registered datasets)."""
+    from robust_core.registry import DATASETS
+
+    return DATASETS.get(dataset).display
 
 
 def _h(obj: Any) -> str:
@@ -177,7 +183,7 @@ class Planner:
         if prof is None:
             return None
         lab = prof.labels.get(labels, labels) if labels is not None else None
-        return Setting(paper, key, prof.name, lab, prof.display or DISPLAY.get(key, prof.name), stand_in)
+        return Setting(paper, key, prof.name, lab, prof.display or display(prof.name), stand_in)
 
     def source(self, row: RowSpec, setting: Setting | None) -> SourceUnit:
         if row.sweep is not None:
@@ -295,7 +301,7 @@ class Planner:
                 avail = [(c, self.setting(c.dataset, c.labels, stand_in=True) if c.dataset == first else None)
                          for c in t.columns]  # type: ignore[arg-type]
                 s0 = next(s for _, s in avail if s is not None)
-                foot.append(f"{s0.display} stands in for {DISPLAY[first or '']} (not available in this profile); the "
+                foot.append(f"{s0.display} stands in for {display(first or '')} (not available in this profile); the "
                             "paper's values are for a different dataset and are not shown beside stand-in cells.")
             dropped = [c.label for c, s in avail if s is None]
             if dropped:
@@ -305,9 +311,9 @@ class Planner:
                 if s is None:
                     continue
                 steps = self.steps(s)
-                faithful = (not s.stand_in and s.display == DISPLAY.get(s.paper or "") and s.labels == c.labels
+                paper_hdr = display(c.dataset) + (f" ({c.labels})" if c.labels else "")  # type: ignore[arg-type]
+                faithful = (not s.stand_in and s.display == display(c.dataset) and s.labels == c.labels  # type: ignore[arg-type]
                             and (c.attack is None or map_attack(c.attack, steps) == c.attack))
-                paper_hdr = DISPLAY[c.dataset] + (f" ({c.labels})" if c.labels else "")  # type: ignore[index]
                 same_attack = c.attack is None or map_attack(c.attack, steps) == c.attack
                 renamed = c.label.startswith(paper_hdr) and same_attack
                 if faithful:
@@ -350,14 +356,14 @@ class Planner:
         for st in f.settings:
             s = self.setting(st.dataset, st.labels)
             if s is None:
-                foot.append(f"{DISPLAY[st.dataset]} panel not computed in this profile (data not available here).")
+                foot.append(f"{display(st.dataset)} panel not computed in this profile (data not available here).")
             else:
                 settings.append(s)
         if not settings and self.spec.stand_in is not None:
             s = self.setting(f.settings[0].dataset, f.settings[0].labels, stand_in=True)
             if s is not None:
                 settings = [s]
-                first = DISPLAY[f.settings[0].dataset]
+                first = display(f.settings[0].dataset)
                 foot = [x for x in foot if not x.startswith(f"{first} panel")]
                 foot.insert(0, f"{s.display} stands in for {first} (not available in this profile).")
         if not settings:

@@ -8,7 +8,8 @@ import torch
 
 from robust_core.attacks.suites import EvalSettings, budget
 from robust_core.data import load_arrays
-from robust_core.data.tiny import SIZES, write_tiny_dataset
+from robust_core.data.tiny import tiny_datasets, write_tiny_dataset
+from robust_core.registry import DATASETS
 from robust_core.train import fit
 from robust_core.trial import load_trained, run_trial
 
@@ -51,11 +52,11 @@ def test_load_trained_applies_inference_only_overrides(tiny_cfg, mnist5k_100, tm
     assert all(torch.equal(a, b) for a, b in zip(clf.state_dict().values(), clf1.state_dict().values()))
 
 
-@pytest.mark.parametrize("name", sorted(SIZES))
+@pytest.mark.parametrize("name", tiny_datasets())
 def test_tiny_datasets_load_through_the_real_loaders_and_are_learnable(name, tmp_path):
     write_tiny_dataset(name, tmp_path)
     a = load_arrays(name, tmp_path, download=False)
-    assert (len(a.x_train), len(a.x_test)) == SIZES[name]
+    assert (len(a.x_train), len(a.x_test)) == DATASETS.get(name).tiny.sizes
     # class templates + noise: nearest class mean of the training images classifies the test images well
     xtr, ytr = a.x_train.flatten(1), a.y_train
     k = int(ytr.max()) + 1

@@ -21,14 +21,6 @@ from robust_core.attacks.gradient import CW, FGSM, PGD, L2Grad
 from robust_core.attacks.records import EvalRecord, clean_record, record_from_protocol
 from robust_core.modes import eval_mode
 
-# dataset-family defaults: (L∞ ε, L∞ curve grid, L2 curve grid); MNIST as in Madry/ATER/Shaham, else CIFAR's 8/255
-_DEFAULTS = {
-    "mnist": (0.3, (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3), (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)),
-    "other": (8 / 255, (0.0, 2 / 255, 4 / 255, 6 / 255, 8 / 255, 10 / 255, 12 / 255, 16 / 255),
-              (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)),
-}
-
-
 @dataclass(frozen=True)
 class EvalSettings:
     """How to evaluate. dataset: name (chooses default ε and grids). eps: L∞ radius in pixel units (None = 0.3 for
@@ -72,21 +64,23 @@ class EvalSettings:
             raise ValueError("EvalSettings: " + "; ".join(problems))
 
     @property
-    def _family(self) -> str:
-        return "mnist" if "mnist" in self.dataset.lower() else "other"
+    def _defaults(self):
+        from robust_core.registry import DATASETS
+
+        return DATASETS.get(self.dataset).eval
 
     def eps_for(self, norm: str | None) -> float:
         if norm == "l2":
-            return self.l2_eps if self.l2_eps is not None else (2.0 if self._family == "mnist" else 0.5)
-        return self.eps if self.eps is not None else _DEFAULTS[self._family][0]
+            return self.l2_eps if self.l2_eps is not None else self._defaults.l2_eps
+        return self.eps if self.eps is not None else self._defaults.linf_eps
 
     @property
     def linf_grid(self) -> tuple[float, ...]:
-        return self.eps_grid if self.eps_grid is not None else _DEFAULTS[self._family][1]
+        return self.eps_grid if self.eps_grid is not None else self._defaults.linf_grid
 
     @property
     def l2_curve(self) -> tuple[float, ...]:
-        return self.l2_grid if self.l2_grid is not None else _DEFAULTS[self._family][2]
+        return self.l2_grid if self.l2_grid is not None else self._defaults.l2_grid
 
     def is_subset(self, n_available: int) -> bool:
         return self.n_examples is not None and self.n_examples < n_available
