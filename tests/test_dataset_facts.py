@@ -27,7 +27,7 @@ def test_every_registered_dataset_is_pinned():
 @pytest.mark.parametrize("name", sorted(FACTS))
 def test_dataset_facts_live_in_the_source_and_reach_their_users(name):
     from pipelines.plan import display
-    from robust_core.attacks.suites import EvalSettings
+    from robust_core.attacks.settings import EvalSettings
 
     src = DATASETS.get(name)
     disp, sizes, (linf, l2), (g_inf, g_2), tiny = FACTS[name]
