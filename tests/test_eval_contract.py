@@ -28,7 +28,6 @@ from robust_core.cli import main
 from robust_core.config import ConfigError
 from robust_core.registry import ATTACKS
 
-PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
 
 def test_attack_key_has_one_format_and_one_parse():
@@ -64,9 +63,14 @@ def _data(n=40):
     return torch.rand(n, 1, 6, 6, generator=g), torch.randint(0, 4, (n,), generator=g)
 
 
-def _spec(tmp_path, **raw) -> Path:
-    base = {"include": str(PIPELINES / "catalog.yaml"), "name": "t", "tracking": {"uri": "sqlite:///x.db"},
-            "sweep": {"mode": "defaults"}, "datasets": {"mnist": {"name": "mnist5k", "eval": {"steps": [3]}}}}
+def _spec(tmp_path, *, suite="whitebox", attack="pgd-20", **raw) -> Path:
+    """A self-contained profile: one table with one attack column on mnist (run as mnist5k, PGD/CW steps 3)."""
+    base = {"name": "t", "tracking": {"uri": "sqlite:///x.db"}, "sweep": {"mode": "defaults"},
+            "datasets": {"mnist": {"name": "mnist5k", "eval": {"steps": [3]}}},
+            "methods": {"mle": {"method": "mle"}},
+            "tables": [{"name": "tab", "title": "T", "rows": [{"label": "MLE", "method": "mle"}],
+                        "columns": [{"label": "MNIST attacked", "dataset": "mnist", "value": "attack",
+                                     "suite": suite, "attack": attack}]}]}
     p = tmp_path / "profile.yaml"
     p.write_text(yaml.safe_dump({**base, **raw}, allow_unicode=True))
     return p
@@ -105,21 +109,16 @@ def test_a_new_white_box_attack_is_its_file_plus_a_suite_entry(scratch_registrie
     assert toy.accuracy < recs["clean"].accuracy  # it does attack
     assert toy.options == {"n_steps": 3}
     # a pipeline column names it; the plan keys its evaluation from what it runs; the renderer finds its record
-    p = _spec(tmp_path, overrides={"atld_whitebox": {"columns": [
-        {"label": "MNIST toy", "dataset": "mnist", "value": "attack", "suite": "toy_suite", "attack": "toy-20"}],
-        "rows": [{"label": "MLE", "method": "mle"}]}})
-    plan = make_plan(load_pipeline_spec(p), only="atld_whitebox")
+    plan = make_plan(load_pipeline_spec(_spec(tmp_path, suite="toy_suite", attack="toy-20")))
     cell = plan.tables[0].cells[("MLE", 0)]
     assert str(cell.attack) == "toy-3"  # the paper's 20 steps are the profile's first step count, 3
-    assert plan.tables[0].columns[0].header == "mnist5k TOY-3"
+    assert plan.tables[0].columns[0].header == "mnist5k TOY-3"  # the dataset run here, the attack as run
     unit = cell.evals[0]
     assert unit.suite == "toy_suite" and unit.protocol == fingerprint("toy_suite", unit.settings, (), "mle")
     assert find_record([r.to_dict() for r in res.records], cell.attack, "toy_suite")["accuracy"] == toy.accuracy
     # and a column naming an attack the suite does not run is refused before anything starts
-    p = _spec(tmp_path, overrides={"atld_whitebox": {"columns": [
-        {"label": "MNIST toy", "dataset": "mnist", "value": "attack", "suite": "toy_suite", "attack": "toy-40"}]}})
     with pytest.raises(ConfigError, match=r"suite toy_suite does not run toy-40 here \(it runs: clean, toy-3\)"):
-        make_plan(load_pipeline_spec(p), only="atld_whitebox")
+        make_plan(load_pipeline_spec(_spec(tmp_path, suite="toy_suite", attack="toy-40")))
 
 
 def test_an_attack_may_evaluate_part_of_the_set(scratch_registries):
@@ -207,12 +206,11 @@ def test_changing_an_attacks_code_changes_the_key(scratch_registries, tmp_path, 
 
 
 def test_dry_run_refuses_typos_in_eval_and_inference_settings_listing_every_one(tmp_path, capsys, monkeypatch):
-    p = _spec(tmp_path, datasets={"mnist": {"name": "mnist5k", "eval": {"stepz": [3], "eps": 8,
-                                                                        "autoattack": {"version": "standart"}}}},
-              methods={"atld": {"method": "atld", "inference": {"imtt": "none"}},
-                       "atld_plus": {"method": "atld", "inference": {"imt": "imt_pluss"}}},
-              overrides={"atld_whitebox": {"columns": [
-                  {"label": "x", "dataset": "mnist", "value": "attack", "suite": "whitebx", "attack": "pgd-20"}]}})
+    p = _spec(tmp_path, suite="whitebx",
+              datasets={"mnist": {"name": "mnist5k", "eval": {"stepz": [3], "eps": 8,
+                                                              "autoattack": {"version": "standart"}}}},
+              methods={"mle": {"method": "mle"}, "atld": {"method": "atld", "inference": {"imtt": "none"}},
+                       "atld_plus": {"method": "atld", "inference": {"imt": "imt_pluss"}}})
     monkeypatch.chdir(tmp_path)
     assert main(["final", str(p), "--dry-run"]) == 2
     err = capsys.readouterr().err
@@ -220,14 +218,10 @@ def test_dry_run_refuses_typos_in_eval_and_inference_settings_listing_every_one(
     for needle in ("datasets.mnist.eval.stepz: unknown key", "datasets.mnist.eval.eps: 8.0 > 1: ε is in pixel units",
                    "datasets.mnist.eval.autoattack: AutoAttack.version='standart'",
                    "methods.atld: inference.imtt: unknown key", "methods.atld_plus: inference.imt: Input should be",
-                   "columns.0.suite: unknown suite 'whitebx'. Did you mean 'whitebox'?"):
+                   "tables.0.columns.0.suite: unknown suite 'whitebx'. Did you mean 'whitebox'?"):
         assert needle in err, (needle, err)
     # a malformed attack is refused with the rest; a well-formed one the suite does not run, by the plan
-    p = _spec(tmp_path, overrides={"atld_whitebox": {"columns": [
-        {"label": "x", "dataset": "mnist", "value": "attack", "suite": "whitebox", "attack": "pgd-2O"}]}})
-    assert main(["final", str(p), "--dry-run"]) == 2
+    assert main(["final", str(_spec(tmp_path, attack="pgd-2O")), "--dry-run"]) == 2
     assert "'pgd-2O' is not an attack key" in capsys.readouterr().err
-    p = _spec(tmp_path, overrides={"atld_whitebox": {"columns": [
-        {"label": "x", "dataset": "mnist", "value": "attack", "suite": "whitebox", "attack": "pgd-21"}]}})
-    assert main(["final", str(p), "--dry-run"]) == 2
+    assert main(["final", str(_spec(tmp_path, attack="pgd-21")), "--dry-run"]) == 2
     assert "suite whitebox does not run pgd-21 here (it runs: clean, fgsm, pgd-3, cw-3)" in capsys.readouterr().err
