@@ -13,12 +13,16 @@ from statistics import mean, stdev
 from typing import TYPE_CHECKING, Any
 
 from pipelines.figures import Figure, Panel, Series, figure_csv, render_figure
-from pipelines.plan import ATTACK_DISPLAY, CellRef, ResolvedFigure, ResolvedTable, attack_header
+from pipelines.plan import CellRef, ResolvedFigure, ResolvedTable
 from pipelines.reproduction import render_reproduction, table_record
 from pipelines.tables import Cell, Row, Table, render_csv, render_latex, render_markdown
+from robust_core.attacks.key import AttackKey
 
 if TYPE_CHECKING:
     from pipelines.final import Runner
+
+
+NORM_TEXT = {"linf": "L∞", "l2": "L2", "l1": "L1"}
 
 
 def _audit_note(flag: str) -> str:
@@ -27,17 +31,11 @@ def _audit_note(flag: str) -> str:
     return f"masking audit: {flag.removeprefix('target: ')}"
 
 
-def find_record(records: list[dict[str, Any]], attack: str, suite: str) -> dict[str, Any] | None:
-    """The record for ``label[@source]`` of ``suite`` (masking probes excluded)."""
-    label, _, source = attack.partition("@")
+def find_record(records: list[dict[str, Any]], key: AttackKey, suite: str) -> dict[str, Any] | None:
+    """The record of ``key`` in ``suite`` (masking probes excluded)."""
+    want = str(key)
     for rec in records:
-        if rec["suite"] != suite or rec.get("options", {}).get("probe"):
-            continue
-        if rec["label"] == label and (rec.get("source") or "") == source:
-            return rec
-        if label == "aa" and rec["attack"] == "autoattack":  # any version; non-standard ones get a footnote
-            return rec
-        if rec["label"].startswith(label + "-eot") and (rec.get("source") or "") == source:  # adaptive with EOT
+        if rec["suite"] == suite and rec["key"] == want and not rec.get("options", {}).get("probe"):
             return rec
     return None
 
@@ -160,18 +158,20 @@ def build_figure(r: "Runner", rf: ResolvedFigure) -> Figure:
             suite = f.kind
             for atk in rf.attacks:
                 series = []
+                norms: set[str] = set()
                 for row in f.rows:
                     pts: dict[float, list[float]] = {}
                     for u in rf.evals[(row.label, s.key)]:
                         for rec in r.evals[u.key]["records"]:
-                            if rec["suite"] == suite and rec["label"] == atk and not rec.get("source"):
+                            if rec["suite"] == suite and rec["key"] == str(atk):
                                 pts.setdefault(rec["eps"], []).append(rec["accuracy"] * 100)
+                                norms.add(rec["norm"])
                                 flags += rec.get("flags", [])
                     xs = sorted(pts)
                     agg = [_agg(pts[x]) for x in xs]
                     series.append(Series(row.label, tuple(xs), tuple(a for a, _ in agg), tuple(b for _, b in agg)))
-                norm = "L2" if atk == "l2grad" else "L∞"
-                panels.append(Panel(f"{s.header}: {attack_header(atk)}", f"ε ({norm}, pixel units)",
+                norm = " / ".join(NORM_TEXT.get(n, n) for n in sorted(norms)) or "?"
+                panels.append(Panel(f"{s.header}: {atk.header}", f"ε ({norm}, pixel units)",
                                     "accuracy (%)", tuple(series), ylim=(0, 100)))
         elif f.kind == "bars":
             series = []
@@ -187,7 +187,7 @@ def build_figure(r: "Runner", rf: ResolvedFigure) -> Figure:
                     groups.append(vals)
                 series.append(_bar_series(row.label, groups))
             panels.append(Panel(s.header, "attack", "accuracy (%)", tuple(series), kind="bar",
-                                xticklabels=tuple(attack_header(a) for a in rf.attacks), ylim=(0, 100)))
+                                xticklabels=tuple(a.header for a in rf.attacks), ylim=(0, 100)))
         elif f.kind == "epochs":
             for pair in (f.pairs or [[row.label for row in f.rows]]):
                 series = []
@@ -316,10 +316,10 @@ def _lineage(r: "Runner", ref: CellRef) -> dict[str, Any]:
                          "retrain_run_ids": {str(k.seed): r.retrains[k]["run_id"] for k in ref.retrains}}
     if any(u is not None for u in ref.evals):
         d["eval_run_ids"] = {str(u.target.seed): r.evals[u.key]["run_id"] for u in ref.evals if u is not None}
-        d["attack"] = ref.attack
+        d["attack"] = str(ref.attack)
     if ref.reference:
         d["reference_run_ids"] = {str(k.seed): r.retrains[k]["run_id"] for k in ref.reference}
     return d
 
 
-__all__ = ["build_figure", "build_table", "find_record", "render_outputs", "ATTACK_DISPLAY"]
+__all__ = ["build_figure", "build_table", "find_record", "render_outputs"]

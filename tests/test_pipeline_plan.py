@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.plan import attack_header, make_plan, map_attack
+from pipelines.plan import make_plan, map_attack
+from robust_core.attacks.key import AttackKey
 from pipelines.spec import load_pipeline_spec
 from robust_core.config import ConfigError
 
@@ -86,13 +87,15 @@ def test_changing_a_budget_names_new_sweeps(tmp_path):
     assert set(again.sources) == set(a.sources)  # stable: a rerun finds the same sweeps
 
 
-def test_attack_labels_follow_the_profiles_step_counts():
-    assert map_attack("pgd-40", (2, 3, 4)) == "pgd-3"
-    assert map_attack("pgd-20[both]", (5,)) == "pgd-5[both]"
-    assert map_attack("pgd-20@standard", (7, 8, 9)) == "pgd-7@standard"
-    assert map_attack("fgsm@baseline", (7, 8, 9)) == "fgsm@baseline"
-    assert map_attack("cw-100", None) == "cw-100"
-    assert attack_header("pgd-20[classifier]") == "PGD-20 [classifier]" and attack_header("aa") == "AA"
+def test_attack_keys_follow_the_profiles_step_counts():
+    def m(text, steps):
+        return str(map_attack(AttackKey.parse(text), steps))
+
+    assert m("pgd-40", (2, 3, 4)) == "pgd-3"
+    assert m("pgd-20[both]", (5,)) == "pgd-5[both]"
+    assert m("pgd-20@standard", (7, 8, 9)) == "pgd-7@standard"
+    assert m("fgsm@baseline", (7, 8, 9)) == "fgsm@baseline"
+    assert m("cw-100", (20, 40, 100)) == "cw-100" and m("cw-100", (5,)) == "cw-100"  # no third count: kept
 
 
 def test_bad_profile_lists_every_problem_before_anything_starts(tmp_path):

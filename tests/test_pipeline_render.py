@@ -53,8 +53,8 @@ FLAG = "target: pgd-5 linf ε=0.3 (84.00%) weaker than fewer steps"
 
 
 def _rec(suite, label, acc, eps=0.3, flags=()):
-    return {"suite": suite, "label": label, "attack": label.split("-")[0], "source": None, "eps": eps,
-            "accuracy": acc, "flags": list(flags), "options": {}}
+    return {"suite": suite, "key": label, "label": label, "attack": label.split("-")[0], "source": None, "eps": eps,
+            "norm": "linf", "accuracy": acc, "flags": list(flags), "options": {}}
 
 
 @pytest.fixture
