@@ -18,50 +18,17 @@ from typing import Any, Callable
 
 from pipelines.plan import EvalUnit, Plan, RetrainKey, make_plan
 from pipelines.spec import PipelineSpec
+from pipelines.render import Results, history_needed, render
+from pipelines.store import EVAL_JSON, TAG, Selection, Store
 from robust_core.config import RunConfig, build_run_config, dump_yaml
 
-TAG = "robust_sweep."
-EVAL_JSON = "eval.json"
-
-
-@dataclass(frozen=True)
-class Selection:
-    sweep: str
-    trial_run_id: str
-    sweep_run_id: str
-    metric: str
-    value: float
-    config: RunConfig
 
 
 def select_best(spec: PipelineSpec, sweep: str) -> Selection:
-    """Best trial of the latest run of ``sweep`` by ``spec.selection_metric`` (a validation metric).
-
-    Trials that ran the full budget are preferred over ones ASHA stopped early; ties go to the earlier trial.
-    """
-    from robust_core.tracking import client, find_runs
-
-    uri, exp = spec.tracking.uri, spec.tracking.experiment
-    parents = find_runs(uri, exp, f"tags.`{TAG}kind` = 'sweep' and tags.`{TAG}sweep` = '{sweep}'")
-    if not parents:
-        raise LookupError(
-            f"sweep {sweep!r} not found in MLflow experiment {exp!r} at {uri}; run its sweep first "
-            f"(robust-sweep sweep CONFIG with name: {sweep}) or fix the row's `sweep:` name")
-    parent = max(parents, key=lambda r: r.info.start_time)
-    trials = find_runs(uri, exp, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`{TAG}kind` = 'trial'")
-    m = spec.selection_metric
-    scored = [r for r in trials if m in r.data.metrics and r.info.status == "FINISHED"]
-    if not scored:
-        raise LookupError(f"sweep {sweep!r} (run {parent.info.run_id}) has no finished trial with metric {m!r}")
-    sign = 1 if spec.selection_mode == "max" else -1
-    full = [r for r in scored if r.data.tags.get(f"{TAG}stopped_early") != "true"] or scored
-    best = sorted(full, key=lambda r: (-sign * r.data.metrics[m], r.info.start_time))[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = client(uri).download_artifacts(best.info.run_id, "config.yaml", tmp)
-        import yaml
-
-        cfg = build_run_config(yaml.safe_load(Path(path).read_text()), f"config of trial run {best.info.run_id}")
-    return Selection(sweep, best.info.run_id, parent.info.run_id, m, best.data.metrics[m], cfg)
+    """Best trial of the latest run of ``sweep`` by ``spec.selection_metric`` (a validation metric), by the sweep's
+    own rule (``sweeps.best``: full-budget trials before ones ASHA stopped early, ties to the earlier trial)."""
+    return Store(spec.tracking.uri, spec.tracking.experiment).select_best(sweep, spec.selection_metric,
+                                                                          spec.selection_mode)
 
 
 def seeded(cfg: RunConfig, seed: int, vary: list[str]) -> RunConfig:
@@ -91,14 +58,14 @@ def _eval_task(unit: EvalUnit, uri: str, models: dict[str, str], eval_run_id: st
     from robust_core.attacks.evaluate import run_suites, wire
     from robust_core.attacks.records import write_json
     from robust_core.data import prepare_data
-    from robust_core.tracking import client, log_artifact_file, log_metrics, set_status, set_tags
+    from robust_core.tracking import log_artifact_file, log_metrics, set_status, set_tags
     from robust_core.trial import load_trained
 
+    store = Store(uri, "")
     with tempfile.TemporaryDirectory() as tmp:
         def load(ref: tuple[str, str]):
             role, inference = ref
-            p = client(uri).download_artifacts(models[role], "model/model.pt", f"{tmp}/{role}")
-            return load_trained(p, inference=json.loads(inference))
+            return load_trained(store.download_model(models[role], f"{tmp}/{role}"), inference=json.loads(inference))
 
         cfg, suite_models = wire([unit.suite], load, ("target", unit.inference_json),
                                  sources={n: (f"source_{n}", inf) for n, _, inf in unit.sources},
@@ -122,6 +89,7 @@ class Runner:
     def __init__(self, plan: Plan, log: Callable[[str], None]) -> None:
         self.plan, self.spec, self.log = plan, plan.spec, log
         self.uri, self.exp = plan.spec.tracking.uri, plan.spec.tracking.experiment
+        self.store = Store(self.uri, self.exp)
         self.selections: dict[str, Selection] = {}
         self.retrains: dict[RetrainKey, dict[str, Any]] = {}  # -> {"run_id", "metrics", "reused"}
         self.evals: dict[str, dict[str, Any]] = {}  # eval key -> {"run_id", "records", "audit", "reused"}
@@ -145,8 +113,6 @@ class Runner:
 
     # -------------------------------------------------------------- 1. sweeps + selection
     def run_sources(self) -> None:
-        from robust_core.tracking import find_runs
-
         for name, src in self.plan.sources.items():
             if src.explicit:
                 continue
@@ -159,11 +125,9 @@ class Runner:
             from sweeps.spec import build_sweep_config
 
             sc = build_sweep_config(raw, source=f"sweep {name}")
-            done = find_runs(self.uri, self.exp, f"tags.`{TAG}kind` = 'sweep' and tags.`{TAG}sweep` = '{name}' and "
-                                                 f"tags.`{TAG}sweep_fingerprint` = '{sc.fingerprint()}' and "
-                                                 "attributes.status = 'FINISHED'")
+            done = self.store.finished_sweep(name, sc.fingerprint())
             if done:
-                self.log(f"[sweep] {name}: finished earlier (run {done[0].info.run_id}), reused")
+                self.log(f"[sweep] {name}: finished earlier (run {done}), reused")
                 continue
             self.log(f"[sweep] {name}: {sc.num_trials} trials")
             self.log(f"[sweep] {run_sweep(sc, progress=False)}")
@@ -177,17 +141,6 @@ class Runner:
         cfg = self.selections[k.source].config.with_values(k.set, f"{k.source} with {k.set}")
         return seeded(cfg, k.seed, self.spec.vary)
 
-    def finished(self, kind: str, key_tag: str, metric: str | None = None) -> dict[str, Any]:
-        """The earliest FINISHED run of ``kind`` per value of tag ``key_tag`` (one query for the whole pipeline),
-        counting only runs that logged ``metric`` when given."""
-        from robust_core.tracking import find_runs
-
-        out: dict[str, Any] = {}
-        for r in find_runs(self.uri, self.exp, f"tags.`{TAG}kind` = '{kind}' and attributes.status = 'FINISHED'"):
-            if metric is None or metric in r.data.metrics:
-                out.setdefault(r.data.tags.get(f"{TAG}{key_tag}", ""), r)  # oldest first
-        return out
-
     def _remote(self, fn):
         import ray
 
@@ -196,7 +149,7 @@ class Runner:
     def run_retrains(self, exp_id: str) -> None:
         from robust_core.tracking import log_artifact_text, log_params, start_run
 
-        done = self.finished("retrain", "config_fingerprint", metric="test_acc")
+        done = self.store.finished("retrain", "config_fingerprint", metric="test_acc")
         pending = []
         for k in sorted(self.plan.retrains, key=lambda k: (k.source, k.set_json, k.seed)):
             cfg = self.retrain_config(k)
@@ -258,16 +211,14 @@ class Runner:
 
     # -------------------------------------------------------------- 3. evaluations
     def run_evals(self, exp_id: str) -> None:
-        from robust_core.tracking import client, log_params, start_run
+        from robust_core.tracking import log_params, start_run
 
-        done = self.finished("evaluation", "eval_key")
+        done = self.store.finished("evaluation", "eval_key")
         pending = []
         for key, u in sorted(self.plan.evals.items()):
             if key in done:
                 r = done[key]
-                with tempfile.TemporaryDirectory() as tmp:
-                    blob = json.loads(Path(client(self.uri).download_artifacts(r.info.run_id, EVAL_JSON, tmp))
-                                      .read_text())
+                blob = self.store.eval_records(r.info.run_id)
                 self.evals[key] = {"run_id": r.info.run_id, "records": blob["records"], "audit": blob["audit"],
                                    "reused": True}
                 continue
@@ -303,6 +254,49 @@ class Runner:
         self.evaluated = len(pending)
 
 
+    # -------------------------------------------------------------- 4. outputs
+    def results(self) -> Results:
+        """The plain values the outputs are rendered from (with the per-epoch histories the figures plot)."""
+        return Results(self.plan, self.selections, self.retrains, self.evals,
+                       self.store.histories(history_needed(self.plan, self.retrains)), self.parent, self.uri,
+                       self.exp, {"trained": self.trained, "reused": self.reused, "evaluated": self.evaluated,
+                                  "evals_reused": self.evals_reused})
+
+    def write_outputs(self) -> dict[str, Any]:
+        """Render (``pipelines.render``, pure) and write every output to the output folder and the pipeline run."""
+        from pipelines.figures import render_figure
+        from robust_core.tracking import log_artifact_file, log_artifact_text
+
+        out = Path(self.spec.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        old = out / "lineage.json"
+        present = ({t.name for t in self.spec.tables if (out / f"{t.name}.md").is_file()},
+                   {f.name for f in self.spec.figures if (out / f"{f.name}.png").is_file()})
+        rendered = render(self.results(), json.loads(old.read_text()) if old.is_file() else None, present)
+        tables: dict[str, dict[str, str]] = {}
+        figures: dict[str, dict[str, str]] = {}
+        for name, texts in rendered.tables.items():
+            tables[name] = {}
+            for ext, text in texts.items():
+                p = out / f"{name}.{ext}"
+                p.write_text(text)
+                tables[name][ext] = str(p)
+                log_artifact_text(self.uri, self.parent, f"tables/{name}.{ext}", text)
+        for name, fig in rendered.figures.items():
+            paths = render_figure(fig, out)
+            csv_path = out / f"{name}.csv"
+            csv_path.write_text(rendered.figure_data[name])
+            figures[name] = {"png": str(paths["png"]), "pdf": str(paths["pdf"]), "csv": str(csv_path)}
+            for p in (paths["png"], paths["pdf"], csv_path):
+                log_artifact_file(self.uri, self.parent, str(p), "figures")
+        for fname, text in (("lineage.json", rendered.lineage), ("REPRODUCTION.md", rendered.reproduction),
+                            ("index.md", rendered.index)):
+            (out / fname).write_text(text)
+            log_artifact_text(self.uri, self.parent, fname, text)
+        return {"tables": tables, "figures": figures, "index": str(out / "index.md"),
+                "reproduction": str(out / "REPRODUCTION.md")}
+
+
 def _unit_meta(u: EvalUnit) -> dict[str, Any]:
     """What an evaluation was, in its JSON artifact: suite, protocol fingerprint, settings, models' inference."""
     return {"suite": u.suite, "protocol": u.protocol, "settings": u.settings.model_dump(mode="json"),
@@ -315,7 +309,6 @@ def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run
     "trained", "reused", "evaluated", "evals_reused", "parent_run_id", "output_dir", "estimate"}.
     ``dry_run``: validate, print the plan and its estimated cost, start nothing."""
     from pipelines.cost import estimate
-    from pipelines.render import render_outputs
 
     import os
 
@@ -340,7 +333,7 @@ def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run
     try:
         r.run_retrains(exp_id)
         r.run_evals(exp_id)
-        written = render_outputs(r)
+        written = r.write_outputs()
     except BaseException:
         set_status(r.uri, r.parent, "FAILED")
         raise

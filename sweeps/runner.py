@@ -21,6 +21,7 @@ from typing import Any, Callable
 from robust_core import tracking
 from robust_core.config import dump_yaml
 from robust_core.reporting import CHECKPOINT_FILE, Many, Reporter, load_state, save_state_atomic
+from sweeps.best import Scored, best_trial
 from sweeps.spec import SweepConfig
 
 TAG = tracking.TAG
@@ -317,16 +318,16 @@ def finalize(cfg: SweepConfig, results, uri: str, experiment_id: str, parent: st
             if run.info.status != "FINISHED":
                 tracking.set_status(uri, rid, "FINISHED")
         if cfg.metric in m:
-            candidates.append((not stopped, m[cfg.metric], trial_id, run, res.config))
+            order = run.info.start_time if run is not None else math.inf  # ties: the earlier trial, as in selection
+            candidates.append(Scored(m[cfg.metric], not stopped, order, (trial_id, run, res.config)))
     for trial_id, run in children.items():  # e.g. a trial that failed before its first report
         if trial_id not in seen and run.info.status == "RUNNING":
             tracking.set_tags(uri, run.info.run_id, {f"{TAG}.error": "trial ended without a result"})
             tracking.set_status(uri, run.info.run_id, "FAILED")
     best: dict[str, Any] = {}
-    if candidates:
-        full = [c for c in candidates if c[0]] or candidates
-        pick = max if cfg.mode == "max" else min
-        _, value, trial_id, run, config = pick(full, key=lambda c: c[1])
+    pick = best_trial(candidates, cfg.mode)  # the same rule as the final pipeline's selection
+    if pick is not None:
+        value, (trial_id, run, config) = pick.value, pick.item
         sampled = _sampled(cfg, config)
         best = {"trial_id": trial_id, "run_id": run.info.run_id if run is not None else None, "metric": cfg.metric,
                 "value": value, "sampled": sampled, "config": cfg.trial_config(sampled).to_dict()}
