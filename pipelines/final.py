@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from pipelines.plan import EvalUnit, Plan, RetrainKey, make_plan
 from pipelines.spec import PipelineSpec
-from pipelines.render import Results, history_needed, render
+from pipelines.render import FIGURES_DIR, TABLES_DIR, Results, figure_path, history_needed, render, table_path
 from pipelines.store import EVAL_JSON, TAG, Selection, Store
 from robust_core.config import RunConfig, build_run_config, dump_yaml
 
@@ -86,9 +86,11 @@ def _eval_task(unit: EvalUnit, uri: str, models: dict[str, str], eval_run_id: st
 
 # ---------------------------------------------------------------------------------------------------- pipeline
 class Runner:
-    def __init__(self, plan: Plan, log: Callable[[str], None]) -> None:
+    def __init__(self, plan: Plan, log: Callable[[str], None], public_uri: str | None = None) -> None:
         self.plan, self.spec, self.log = plan, plan.spec, log
         self.uri, self.exp = plan.spec.tracking.uri, plan.spec.tracking.experiment
+        self.public_uri = public_uri or self.uri  # what the outputs name (not a temporary server in front of it)
+        self.exp_id = ""
         self.store = Store(self.uri, self.exp)
         self.selections: dict[str, Selection] = {}
         self.retrains: dict[RetrainKey, dict[str, Any]] = {}  # -> {"run_id", "metrics", "reused"}
@@ -258,41 +260,44 @@ class Runner:
     def results(self) -> Results:
         """The plain values the outputs are rendered from (with the per-epoch histories the figures plot)."""
         return Results(self.plan, self.selections, self.retrains, self.evals,
-                       self.store.histories(history_needed(self.plan, self.retrains)), self.parent, self.uri,
-                       self.exp, {"trained": self.trained, "reused": self.reused, "evaluated": self.evaluated,
-                                  "evals_reused": self.evals_reused})
+                       self.store.histories(history_needed(self.plan, self.retrains)), self.parent,
+                       self.public_uri, self.exp, self.exp_id,
+                       {"trained": self.trained, "reused": self.reused, "evaluated": self.evaluated,
+                        "evals_reused": self.evals_reused})
 
     def write_outputs(self) -> dict[str, Any]:
         """Render (``pipelines.render``, pure) and write every output to the output folder and the pipeline run."""
         from pipelines.figures import render_figure
-        from robust_core.tracking import log_artifact_file, log_artifact_text
+        from robust_core.tracking import log_artifact_file, log_artifact_text, log_metrics, set_note
 
         out = Path(self.spec.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
         old = out / "lineage.json"
-        present = ({t.name for t in self.spec.tables if (out / f"{t.name}.md").is_file()},
-                   {f.name for f in self.spec.figures if (out / f"{f.name}.png").is_file()})
+        present = ({t.name for t in self.spec.tables if (out / table_path(t.name)).is_file()},
+                   {f.name for f in self.spec.figures if (out / figure_path(f.name)).is_file()})
         rendered = render(self.results(), json.loads(old.read_text()) if old.is_file() else None, present)
+        (out / TABLES_DIR).mkdir(parents=True, exist_ok=True)
+        (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
         tables: dict[str, dict[str, str]] = {}
         figures: dict[str, dict[str, str]] = {}
         for name, texts in rendered.tables.items():
             tables[name] = {}
-            for ext, text in texts.items():
-                p = out / f"{name}.{ext}"
-                p.write_text(text)
-                tables[name][ext] = str(p)
-                log_artifact_text(self.uri, self.parent, f"tables/{name}.{ext}", text)
+            for ext, text in texts.items():  # the same relative path on disk and in MLflow
+                (out / table_path(name, ext)).write_text(text)
+                tables[name][ext] = str(out / table_path(name, ext))
+                log_artifact_text(self.uri, self.parent, table_path(name, ext), text)
         for name, fig in rendered.figures.items():
-            paths = render_figure(fig, out)
-            csv_path = out / f"{name}.csv"
-            csv_path.write_text(rendered.figure_data[name])
-            figures[name] = {"png": str(paths["png"]), "pdf": str(paths["pdf"]), "csv": str(csv_path)}
-            for p in (paths["png"], paths["pdf"], csv_path):
-                log_artifact_file(self.uri, self.parent, str(p), "figures")
+            render_figure(fig, out / FIGURES_DIR)
+            (out / figure_path(name, "csv")).write_text(rendered.figure_data[name])
+            figures[name] = {ext: str(out / figure_path(name, ext)) for ext in ("png", "pdf", "csv")}
+            for p in figures[name].values():
+                log_artifact_file(self.uri, self.parent, p, FIGURES_DIR)
         for fname, text in (("lineage.json", rendered.lineage), ("REPRODUCTION.md", rendered.reproduction),
                             ("index.md", rendered.index)):
             (out / fname).write_text(text)
             log_artifact_text(self.uri, self.parent, fname, text)
+        log_metrics(self.uri, self.parent, rendered.cell_metrics)
+        for run_id, note in rendered.notes.items():
+            set_note(self.uri, run_id, note)
         return {"tables": tables, "figures": figures, "index": str(out / "index.md"),
                 "reproduction": str(out / "REPRODUCTION.md")}
 
@@ -304,10 +309,12 @@ def _unit_meta(u: EvalUnit) -> dict[str, Any]:
             "baseline_inference": None if u.baseline is None else u.baseline[1]}
 
 
-def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run: bool = False) -> dict[str, Any]:
+def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run: bool = False,
+                 public_uri: str | None = None) -> dict[str, Any]:
     """Run the pipeline (``only``: one table or figure). Returns {"tables": {name: {fmt: path}}, "figures": ...,
     "trained", "reused", "evaluated", "evals_reused", "parent_run_id", "output_dir", "estimate"}.
-    ``dry_run``: validate, print the plan and its estimated cost, start nothing."""
+    ``dry_run``: validate, print the plan and its estimated cost, start nothing. ``public_uri``: the store's URI the
+    outputs name when ``spec.tracking.uri`` is a temporary server in front of it (the demo)."""
     from pipelines.cost import estimate
 
     import os
@@ -322,9 +329,9 @@ def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run
     from robust_core.tracking import prepare_store, set_status, start_run
     from sweeps.runner import init_ray
 
-    r = Runner(plan, log)
+    r = Runner(plan, log, public_uri)
     r.check_data()
-    exp_id = prepare_store(r.uri, r.exp)
+    r.exp_id = exp_id = prepare_store(r.uri, r.exp)
     Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
     init_ray(spec.resources.cpu)
     r.run_sources()

@@ -21,6 +21,7 @@ from pipelines.reproduction import render_reproduction, table_record
 from pipelines.store import Selection
 from pipelines.tables import Cell, Row, Table, render_csv, render_latex, render_markdown
 from robust_core.attacks.key import AttackKey
+from robust_core.tracking import metric_key, run_link
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,24 @@ class Results:
     pipeline_run_id: str = ""
     tracking_uri: str = ""
     experiment: str = ""
+    experiment_id: str = ""
     counts: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def spec(self):
         return self.plan.spec
+
+
+TABLES_DIR, FIGURES_DIR = "tables", "figures"  # the same layout in the output folder and the pipeline run's artifacts,
+# so the links of index.md and REPRODUCTION.md resolve in both
+
+
+def table_path(name: str, ext: str = "md") -> str:
+    return f"{TABLES_DIR}/{name}.{ext}"
+
+
+def figure_path(name: str, ext: str = "png") -> str:
+    return f"{FIGURES_DIR}/{name}.{ext}"
 
 
 NORM_TEXT = {"linf": "L∞", "l2": "L2", "l1": "L1"}
@@ -265,13 +279,17 @@ def build_figure(r: Results, rf: ResolvedFigure) -> Figure:
 @dataclass(frozen=True)
 class Rendered:
     """The pipeline's outputs as values: per table its texts by format (md, csv, tex), per figure the ``Figure`` and
-    its data CSV, and the texts of ``lineage.json``, ``REPRODUCTION.md`` and ``index.md``."""
+    its data CSV, and the texts of ``lineage.json``, ``REPRODUCTION.md`` and ``index.md``; ``cell_metrics``: each
+    cell's mean and std as MLflow metrics of the pipeline run (``table/row/column/mean``), so tables can be compared
+    across pipeline runs; ``notes``: the Markdown note of the pipeline run and of each retrain run (by run id)."""
     tables: dict[str, dict[str, str]]
     figures: dict[str, Figure]
     figure_data: dict[str, str]
     lineage: str
     reproduction: str
     index: str
+    cell_metrics: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def render(r: Results, previous_lineage: Mapping[str, Any] | None = None,
@@ -288,9 +306,20 @@ def render(r: Results, previous_lineage: Mapping[str, Any] | None = None,
                            "value": None if math.isnan(s.value) else s.value}
                        for n, s in r.selections.items()},
         "tables": {}, "figures": {}, "reproduction": {}}
+    cell_metrics: dict[str, float] = {}
+    feeds: dict[str, list[str]] = {}  # retrain run id -> the table cells it feeds
     for rt in r.plan.tables:
         table = build_table(r, rt)
-        lineage["reproduction"][rt.spec.name] = table_record(table, f"{rt.spec.name}.md")
+        for row in table.rows:
+            for header, cell in zip(table.columns, row.cells):
+                if cell.values:
+                    cell_metrics[metric_key(rt.spec.name, row.label, header, "mean")] = cell.mean
+                    cell_metrics[metric_key(rt.spec.name, row.label, header, "std")] = cell.std
+        for (row_label, j), ref in rt.cells.items():
+            for k in ref.retrains:
+                feeds.setdefault(r.retrains[k]["run_id"], []).append(
+                    f"{rt.spec.name}: {row_label} / {rt.columns[j].header}")
+        lineage["reproduction"][rt.spec.name] = table_record(table, table_path(rt.spec.name))
         tables[rt.spec.name] = {"md": render_markdown(table), "csv": render_csv(table), "tex": render_latex(table)}
         lineage["tables"][rt.spec.name] = {
             row.label: {rc.header: _lineage(r, rt.cells[(row.label, j)]) for j, rc in enumerate(rt.columns)}
@@ -305,7 +334,41 @@ def render(r: Results, previous_lineage: Mapping[str, Any] | None = None,
     title = r.spec.name + (f" ({r.spec.title_suffix})" if r.spec.title_suffix else "")
     repro = render_reproduction(title, lineage["reproduction"], [t.name for t in r.spec.tables])
     index = render_index(r, present[0] | set(tables), present[1] | set(figures))
-    return Rendered(tables, figures, data, json.dumps(lineage, indent=2), repro, index)
+    notes = {r.pipeline_run_id: pipeline_note(r, lineage["reproduction"], set(tables), set(figures))}
+    for k, job in r.retrains.items():
+        if job.get("reused") or job["run_id"] not in feeds:
+            continue  # a reused run keeps the note of the pipeline run that trained it
+        notes[job["run_id"]] = retrain_note(r, k, feeds[job["run_id"]])
+    return Rendered(tables, figures, data, json.dumps(lineage, indent=2), repro, index, cell_metrics, notes)
+
+
+def pipeline_note(r: Results, reproduction: Mapping[str, Any], tables: set[str], figures: set[str]) -> str:
+    """The pipeline run's note in the MLflow UI: what it made, the verdicts, where to look."""
+    lines = [f"**Pipeline `{r.spec.name}`**" + (f" ({r.spec.title_suffix})" if r.spec.title_suffix else "") + ": "
+             f"{len(tables)} table(s), {len(figures)} figure(s). Did each result match the paper? Artifact "
+             "`REPRODUCTION.md`; the tables are under `tables/`, figures under `figures/`, every cell's runs in "
+             "`lineage.json`. Each cell's mean and std are metrics of this run (`table/row/column/mean`), to compare "
+             "pipeline runs.", ""]
+    for name, rec in reproduction.items():
+        if name in tables:
+            lines.append(f"- `{name}`: {rec.get('summary', '')}".rstrip(": "))
+    sweeps = {s.sweep: s for s in r.selections.values() if s.sweep_run_id}
+    if sweeps:
+        exp = r.experiment_id
+        lines += ["", "Sweeps: " + ", ".join(run_link(exp, s.sweep_run_id, name) for name, s in sorted(sweeps.items()))]
+    return "\n".join(lines)
+
+
+def retrain_note(r: Results, k: RetrainKey, cells: list[str]) -> str:
+    """A retrain run's note: the sweep and trial its configuration comes from, and the table cells it feeds."""
+    sel, exp = r.selections[k.source], r.experiment_id
+    src = ("the sweep's base config (no sweep)" if not sel.trial_run_id else
+           f"trial {run_link(exp, sel.trial_run_id)} of sweep {run_link(exp, sel.sweep_run_id, sel.sweep)} "
+           f"(best by `{sel.metric}` = {sel.value:.4f})")
+    over = f", with {json.dumps(k.set)}" if k.set else ""
+    return "\n".join([f"**Retrain** of `{k.source}`, seed {k.seed}: the configuration of {src}{over}, trained on the "
+                      f"full training set and tested once (pipeline {run_link(exp, r.pipeline_run_id, r.spec.name)}).",
+                      "", "Feeds the cells:"] + [f"- {c}" for c in dict.fromkeys(cells)])
 
 
 def render_index(r: Results, tables: set[str], figures: set[str]) -> str:
@@ -319,11 +382,12 @@ def render_index(r: Results, tables: set[str], figures: set[str]) -> str:
     lines += ["Did each result match the paper? [REPRODUCTION.md](REPRODUCTION.md): every cell with a published "
               "value, its verdict, and a summary per table.", ""]
     if tabs:
-        lines += ["## Tables", ""] + [f"- [{t.title}{suffix}]({t.name}.md) ([csv]({t.name}.csv), [tex]({t.name}.tex))"
-                                      for t in tabs]
+        lines += ["## Tables", ""] + [f"- [{t.title}{suffix}]({table_path(t.name)}) ([csv]("
+                                      f"{table_path(t.name, 'csv')}), [tex]({table_path(t.name, 'tex')}))" for t in tabs]
     if figs:
-        lines += ["", "## Figures", ""] + [f"- [{f.title}{suffix}]({f.name}.png) ([pdf]({f.name}.pdf), "
-                                           f"[data]({f.name}.csv))" for f in figs]
+        lines += ["", "## Figures", ""] + [f"- [{f.title}{suffix}]({figure_path(f.name)}) ([pdf]("
+                                           f"{figure_path(f.name, 'pdf')}), [data]({figure_path(f.name, 'csv')}))"
+                                           for f in figs]
     c = r.counts
     lines += ["", f"Lineage of every cell and point: [lineage.json](lineage.json). Last run: trained "
                   f"{c.get('trained', 0)} model(s), reused {c.get('reused', 0)}; ran {c.get('evaluated', 0)} "

@@ -11,6 +11,7 @@ path is refused on a multi-node cluster; MLflow URIs and paths are absolute; no 
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -22,6 +23,7 @@ from robust_core import tracking
 from robust_core.config import dump_yaml
 from robust_core.reporting import CHECKPOINT_FILE, Many, Reporter, load_state, save_state_atomic
 from sweeps.best import Scored, best_trial
+from sweeps.console import make_callback, quiet_libraries, trial_label, verbose
 from sweeps.spec import SweepConfig
 
 TAG = tracking.TAG
@@ -120,7 +122,7 @@ def make_trainable(cfg: SweepConfig, uri: str, experiment_id: str, parent_run_id
 
         trial_id = tune.get_context().get_trial_id()
         run_id, created = tracking.find_or_start_run(
-            uri, experiment_id, trial_id, trial_tags(cfg, trial_id),
+            uri, experiment_id, trial_label(cfg.base.method.name, _sampled(cfg, config)), trial_tags(cfg, trial_id),
             key_tags=[f"{TAG}.sweep", f"{TAG}.trial_id"], parent_run_id=parent_run_id)
         if created:
             tracking.log_params(uri, run_id, run_cfg.flat())
@@ -170,12 +172,15 @@ def init_ray(cpus_per_task: float = 1.0) -> None:
 
     if ray.is_initialized():
         return
+    quiet_libraries()  # before the workers start: they inherit the environment
     address = os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {}
     if address is None and not Path(tempfile.gettempdir(), "ray", "ray_current_cluster").exists():
         # a fresh local instance: hide GPUs from trials that ask for none, size it to this machine
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(cpus_per_task))
+    if not verbose():  # the trials' own output (checkpoint lines, MLflow links) stays in the worker logs
+        kwargs.update(log_to_driver=False, logging_level=logging.WARNING)
     ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, **kwargs)
 
 
@@ -245,7 +250,10 @@ def open_parent(cfg: SweepConfig, uri: str, experiment_id: str) -> tuple[str, bo
 
 
 def run_sweep(cfg: SweepConfig, progress: bool = True) -> SweepSummary:
-    """Run (or resume) the sweep; returns a summary. Finished trials of a resumed sweep are not redone."""
+    """Run (or resume) the sweep; returns a summary. Finished trials of a resumed sweep are not redone.
+
+    ``progress``: print a line per trial start and end and a progress bar (``sweeps.console``); Ray's own status
+    tables only when verbose (``robust-sweep sweep --verbose``)."""
     # experiment-state snapshots forced by num_to_keep are wanted (restore); the warning about them is noise
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune
@@ -258,6 +266,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> SweepSummary:
     trainable = tune.with_resources(make_trainable(cfg, uri, experiment_id, parent),
                                     {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
     path = cfg.experiment_path
+    callbacks = [make_callback(cfg.name, cfg.base.method.name, list(cfg.search_space), cfg.metric, cfg.max_t,
+                               cfg.num_trials)] if progress else []
     try:
         resumed = tune.Tuner.can_restore(path)
         if resumed:
@@ -269,16 +279,36 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> SweepSummary:
                 tune_config=tune.TuneConfig(search_alg=make_searcher(cfg), scheduler=make_scheduler(cfg),
                                             num_samples=cfg.num_trials, reuse_actors=True),
                 run_config=tune.RunConfig(
-                    name=cfg.name, storage_path=cfg.storage, verbose=1 if progress else 0,
+                    name=cfg.name, storage_path=cfg.storage, verbose=1 if verbose() else 0, callbacks=callbacks,
                     failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
             )
         results = tuner.fit()
         summary = finalize(cfg, results, uri, experiment_id, parent, resumed)
+        from sweeps.report import log_report
+
+        log_report(cfg, uri, experiment_id, parent)
+        tracking.set_note(uri, parent, sweep_note(cfg, summary))
     except BaseException:
         tracking.set_status(uri, parent, "FAILED")
         raise
     return summary
+
+
+def sweep_note(cfg: SweepConfig, s: "SweepSummary") -> str:
+    """The Markdown note of a sweep's parent run in the MLflow UI."""
+    lines = [f"**Sweep `{cfg.name}`**: {cfg.base.method.name} on {cfg.base.data.name}, {s.n_trials} trials "
+             f"({s.n_finished} full budget, {s.n_stopped_early} stopped early by ASHA, {s.n_errored} errored), "
+             f"ranked by `{cfg.metric}` ({cfg.mode}).", ""]
+    if s.best.get("run_id"):
+        name = trial_label(cfg.base.method.name, s.best["sampled"])
+        lines.append(f"Best trial: {tracking.run_link(s.experiment_id, s.best['run_id'], name)} with "
+                     f"{cfg.metric} = {s.best['value']:.4f} (logged here as `best_trial_{cfg.metric}`; a "
+                     f"trial's own `best_val_acc` is its best epoch).")
+    lines += ["", "Report (artifacts `report/`): ranked trials, learning curves with ASHA's stops, Optuna's "
+              f"parameter importances, parallel coordinates and optimisation history; in a terminal: "
+              f"`robust-sweep report {cfg.name} --tracking-uri URI`. Config: artifact `sweep.yaml`."]
+    return "\n".join(lines)
 
 
 def finalize(cfg: SweepConfig, results, uri: str, experiment_id: str, parent: str, resumed: bool) -> SweepSummary:
@@ -331,7 +361,8 @@ def finalize(cfg: SweepConfig, results, uri: str, experiment_id: str, parent: st
         sampled = _sampled(cfg, config)
         best = {"trial_id": trial_id, "run_id": run.info.run_id if run is not None else None, "metric": cfg.metric,
                 "value": value, "sampled": sampled, "config": cfg.trial_config(sampled).to_dict()}
-        tracking.log_metrics(uri, parent, {f"best_{cfg.metric}": value})
+        # the best trial's final value (what selection uses); a trial's own best_val_acc is its best epoch
+        tracking.log_metrics(uri, parent, {f"best_trial_{cfg.metric}": value})
         tracking.set_tags(uri, parent, {f"{TAG}.best_trial_id": trial_id,
                                         f"{TAG}.best_run_id": best["run_id"] or ""})
     tracking.set_tags(uri, parent, {f"{TAG}.n_trials": len(results), f"{TAG}.n_finished": n_finished,

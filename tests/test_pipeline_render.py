@@ -299,4 +299,16 @@ def test_render_is_pure_and_keeps_earlier_outputs_listed(runner):
     assert set(out.tables) == {"robust"} and set(out.tables["robust"]) == {"md", "csv", "tex"}
     assert set(out.figures) == {"curve"} and out.figure_data["curve"] == figure_csv(out.figures["curve"])
     assert set(__import__("json").loads(out.lineage)["tables"]) == {"older", "robust"}
-    assert "(robust.md)" in out.index and "(curve.png)" in out.index and "(REPRODUCTION.md)" in out.index
+    assert "(tables/robust.md)" in out.index and "(figures/curve.png)" in out.index and "(REPRODUCTION.md)" in out.index
+
+
+def test_cells_become_metrics_and_retrains_get_notes_naming_their_cells(runner):
+    r = replace(runner, pipeline_run_id="P", experiment_id="7")
+    out = render(r)
+    assert out.cell_metrics["robust/MLE/mnist5k/mean"] == pytest.approx(97.5)
+    assert out.cell_metrics["robust/PGD-AT/mnist5k PGD-5/std"] == pytest.approx(stdev([80.0, 84.0]))
+    assert not any("SVHN" in k for k in out.cell_metrics)  # a column not computed has no metric
+    assert "REPRODUCTION.md" in out.notes["P"] and "`robust`: Reproduced 4 of 5 cells" in out.notes["P"]
+    note = out.notes["r-pgd-1"]
+    assert "seed 1" in note and "(pipeline [g](#/experiments/7/runs/P))" in note
+    assert "- robust: PGD-AT / mnist5k PGD-5" in note and "- robust: MLE" not in note
