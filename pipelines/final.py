@@ -12,16 +12,16 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from pipelines.plan import EvalUnit, Plan, RetrainKey, make_plan
-from pipelines.spec import PipelineSpec
 from pipelines.render import FIGURES_DIR, TABLES_DIR, Results, figure_path, history_needed, render, table_path
+from pipelines.spec import PipelineSpec
 from pipelines.store import EVAL_JSON, TAG, Selection, Store
 from robust_core.config import RunConfig, build_run_config, dump_yaml
 
+__all__ = ["Runner", "Selection", "run_pipeline", "seeded", "select_best"]  # Selection: pipelines.store's
 
 
 def select_best(spec: PipelineSpec, sweep: str) -> Selection:

@@ -22,7 +22,6 @@ from sweeps.best import Scored, best_trial
 TAG = tracking.TAG + "."  # every tag of this project starts with it
 EVAL_JSON = "eval.json"  # an evaluation run's records (artifact)
 MODEL_ARTIFACT = "model/model.pt"  # a retrain run's model (artifact)
-CONFIG_ARTIFACT = "config.yaml"  # a trial's or retrain's resolved run config (artifact)
 
 
 def tag(name: str) -> str:
@@ -79,10 +78,7 @@ class Store:
 
     def config_of_run(self, run_id: str) -> dict[str, Any]:
         """The resolved run config a trial or retrain logged (``config.yaml``), as a plain dict."""
-        import yaml
-
-        with tempfile.TemporaryDirectory() as tmp:
-            return yaml.safe_load(Path(self.download(run_id, CONFIG_ARTIFACT, tmp)).read_text())
+        return tracking.config_of_run(self.uri, run_id)
 
     # -------------------------------------------------------------- retrains and evaluations
     def finished(self, kind: str, key_tag: str, metric: str | None = None) -> dict[str, Any]:
@@ -117,4 +113,4 @@ class Store:
         return tracking.client(self.uri).download_artifacts(run_id, artifact, str(dest))
 
 
-__all__ = ["CONFIG_ARTIFACT", "EVAL_JSON", "MODEL_ARTIFACT", "Selection", "Store", "TAG", "tag"]
+__all__ = ["EVAL_JSON", "MODEL_ARTIFACT", "Selection", "Store", "TAG", "tag"]

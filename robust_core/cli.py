@@ -52,17 +52,10 @@ def cmd_trial(args: argparse.Namespace) -> int:
 def _config_of_run(run_id: str, uri: str | None) -> dict:
     if not uri:
         raise ConfigError(["--from-run needs --tracking-uri (the MLflow store the sweep logged to)"], "command line")
-    import tempfile
-
-    import yaml
-    from mlflow.tracking import MlflowClient
-
-    from robust_core.tracking import require_store
+    from robust_core.tracking import config_of_run, require_store
 
     require_store(uri, "--from-run")
-    with tempfile.TemporaryDirectory() as tmp:
-        p = MlflowClient(tracking_uri=uri).download_artifacts(run_id, "config.yaml", tmp)
-        return yaml.safe_load(Path(p).read_text())
+    return config_of_run(uri, run_id)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -190,10 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "verbose", False):
-        from sweeps.console import VERBOSE_ENV
+    from sweeps.console import VERBOSE_ENV, quiet_libraries
 
+    if getattr(args, "verbose", False):
         os.environ[VERBOSE_ENV] = "1"
+    quiet_libraries()  # unless verbose: no MLflow/Ray INFO lines and links, here and in the processes started
     try:
         return args.func(args)
     except ConfigError as e:

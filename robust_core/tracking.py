@@ -44,6 +44,23 @@ def require_store(uri: str, what: str = "--tracking-uri") -> None:
                                 "mlflow.db, e.g. the one `robust-sweep demo` prints at the end")
 
 
+def config_of_run(uri: str, run_id: str) -> dict[str, Any]:
+    """The resolved run config a trial or retrain run logged (artifact ``config.yaml``), as a plain dict."""
+    import tempfile
+
+    import yaml
+
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client(uri).download_artifacts(run_id, "config.yaml", tmp)
+        except MlflowException as e:  # no such run, or one without a config
+            raise LookupError(f"run {run_id!r}: no config.yaml of an MLflow run with this id at {uri} "
+                              f"({str(e).splitlines()[0][:200]})") from None
+        return yaml.safe_load(Path(path).read_text())
+
+
 def prepare_store(uri: str, experiment: str) -> str:
     """Create the database schema (by opening the store) and the experiment; returns the experiment id.
 

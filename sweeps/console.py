@@ -25,13 +25,14 @@ def verbose() -> bool:
 
 
 def quiet_libraries() -> None:
-    """Unless verbose: no "View run" links from MLflow (in this process and the Ray workers it starts, which inherit
-    the environment) and no INFO lines from Ray's and Tune's loggers in this process."""
+    """Unless verbose: no "View run" links and no INFO lines from MLflow (in this process and the Ray workers it
+    starts, which inherit the environment) and no INFO lines from Ray's and Tune's loggers in this process. Called by
+    the command line before anything starts and by ``init_ray``."""
     if verbose():
         return
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
-    for name in ("ray", "ray.tune", "ray.train", "ray.air"):
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial MLflow database tables..." etc.
+    for name in ("ray", "ray.tune", "ray.train", "ray.air", "alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

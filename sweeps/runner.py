@@ -289,10 +289,28 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> SweepSummary:
 
         log_report(cfg, uri, experiment_id, parent)
         tracking.set_note(uri, parent, sweep_note(cfg, summary))
+        prune_checkpoints(cfg, results)
     except BaseException:
         tracking.set_status(uri, parent, "FAILED")
         raise
     return summary
+
+
+def prune_checkpoints(cfg: SweepConfig, results) -> int:
+    """Delete the checkpoints of trials that ended without error (local storage only): a resumed sweep never runs
+    them again, so only errored trials (``resume_errored``) need theirs. Returns the bytes freed."""
+    import shutil
+
+    if "://" in cfg.storage:
+        return 0
+    freed = 0
+    for res in results:
+        if res.error is not None or not res.path or not Path(res.path).is_dir():
+            continue
+        for d in Path(res.path).glob("checkpoint_*"):
+            freed += sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            shutil.rmtree(d, ignore_errors=True)
+    return freed
 
 
 def sweep_note(cfg: SweepConfig, s: "SweepSummary") -> str:

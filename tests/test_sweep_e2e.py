@@ -1,7 +1,11 @@
 """A tiny real sweep through Ray Tune, Optuna (TPE), ASHA and MLflow (SQLite), then the same sweep again (resume)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from sweeps.console import format_value
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +72,9 @@ def test_parent_and_children_in_mlflow(sweep):
         tags, params = run.data.tags, run.data.params
         assert tags["mlflow.parentRunId"] == summary.parent_run_id
         assert tags["robust_sweep.kind"] == "trial" and tags["robust_sweep.sweep"] == "e2e-vat"
-        assert run.info.run_name == tags["robust_sweep.trial_id"]
+        # named by what distinguishes it (the Ray id is a tag)
+        assert run.info.run_name.startswith("vat ") and tags["robust_sweep.trial_id"] not in run.info.run_name
+        assert f"eps={format_value(float(params['method.params.eps']))}" in run.info.run_name.split()
         assert run.info.status == "FINISHED"
         eps = float(params["method.params.eps"])
         lo, hi = cfg.search_space["method.params.eps"].args
@@ -86,6 +92,14 @@ def test_parent_and_children_in_mlflow(sweep):
     assert n_stopped == summary.n_stopped_early
     assert summary.best["run_id"] in {r.info.run_id for r in children}
     assert summary.best["config"]["method"]["params"]["eps"] == summary.best["sampled"]["method.params.eps"]
+    parent = c.get_run(summary.parent_run_id)
+    assert parent.data.metrics["best_trial_val_acc"] == pytest.approx(summary.best["value"])
+    assert "best_val_acc" not in parent.data.metrics  # one name per meaning: a trial's best_val_acc is its best epoch
+    assert f"runs/{summary.best['run_id']})" in parent.data.tags["mlflow.note.content"]
+    report = {a.path for a in c.list_artifacts(summary.parent_run_id, "report")}
+    assert {"report/learning_curves.png", "report/trials.txt", "report/README.md"} <= report
+    # finished trials keep no checkpoints (a resumed sweep never reruns them)
+    assert not list(Path(summary.storage_path).glob("*/checkpoint_*"))
 
 
 def test_optuna_marks_asha_stopped_trials_pruned(sweep):
