@@ -74,9 +74,9 @@ def kl_hessian_direction(
 
     ``finite_difference``: Miyato et al.'s estimator ∇_r KL(p(x) ‖ p(x + r)) at r = ξ d (then H d ≈ that / ξ): a
     secant. At ξ = 1e-6 (the papers' value, e.g. ``ater-vater.txt`` l. 506) it is dominated by float32 rounding; at a
-    finite ξ (10, the common PyTorch ports) it is accurate but is no longer H·d: on a trained mnist5k MLP its cosine
-    with H·d has median ≈ 0.24 (issue 14). Kept as an explicitly named option for comparison
-    (``benchmarks/vat_direction.py``).
+    finite ξ (10, the common PyTorch ports) it is accurate but is no longer H·d: on trained mnist5k MLPs its cosine
+    with H·d has median 0.35–0.48, negative for about a fifth of the digits (``benchmarks/vat_direction.py``, results
+    in ``benchmarks/RESULTS.md``). Kept as an explicitly named option.
     """
     from robust_core.modes import frozen_bn_stats
 
