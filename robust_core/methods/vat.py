@@ -29,7 +29,9 @@ measures cosine ≈ 0.3–0.4 with the true H·d), and the secant at ξ = 10 tha
 but not H·d (it measures the KL's slope 10 pixel units away, farther than a digit's own norm): neither is the
 eigen-direction of the papers. ``exact`` computes it. Its earlier "collapse" on mnist5k was an ε-scale effect: the
 exact direction needs a larger ε than the secant (``benchmarks/vat_direction.py``; results in
-``benchmarks/RESULTS.md``), so the MNIST search ranges span [1, 10].
+``benchmarks/RESULTS.md``), so the MNIST search ranges span [1, 10]. Measured there (3 seeds, 800 updates, ε chosen
+on validation): exact 87.2 % test accuracy, MLE 78.5 %, and the secant at ξ = 10, ε = 1 90.2 % — a different
+regulariser that happens to suit this small budget better; it stays available as ``direction: finite_difference``.
 """
 from __future__ import annotations
 
