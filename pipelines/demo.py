@@ -21,10 +21,6 @@ SWEEPS = HERE.parent / "sweeps" / "configs"
 QUICK_SWEEP = ["num_trials=2", "base.train.epochs=2", "base.train.steps_per_epoch=20"]
 QUICK_PIPELINE = {"seeds": [0, 1]}
 SWEEP_FILES = ("demo_mle.yaml", "demo_vat.yaml")  # their tracking.experiment is the one pipelines/demo.yaml reads
-# the demo's running time, in one place for --help and the README: `time robust-sweep demo` (and --quick) on 2 CPU
-# cores of an otherwise idle machine (the README's quick start counts the install as well)
-DURATION = "about 9 min on 2 CPU cores"
-QUICK_DURATION = "about a minute"
 
 
 def run_demo(out: Path, quick: bool = False) -> int:

@@ -170,12 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(e)
     e.set_defaults(func=cmd_eval)
 
-    from pipelines.demo import DURATION, QUICK_DURATION
-
-    d = sub.add_parser("demo", help=f"the whole path on this machine: sweeps -> MLflow -> final table ({DURATION})")
+    # running times are claimed in one place, the README's quick start, next to the command that measured them
+    d = sub.add_parser("demo", help="the whole path on this machine: sweeps -> MLflow -> final table (the README "
+                                    "says how long it takes)")
     d.add_argument("--out", help="folder for the MLflow store, Ray results and tables "
                                  "(default robust-sweep-demo, or robust-sweep-demo-quick with --quick)")
-    d.add_argument("--quick", action="store_true", help=f"tiny budget ({QUICK_DURATION}), to check the installation")
+    d.add_argument("--quick", action="store_true", help="tiny budget, to check the installation")
     _verbose(d)
     d.set_defaults(func=cmd_demo)
     return p
