@@ -30,6 +30,9 @@ def quiet_libraries() -> None:
     the command line before anything starts and by ``init_ray``."""
     if verbose():
         return
+    # Tune's new console output prints its configuration box and result paths even at verbose=0; the legacy
+    # reporter at verbose=0 prints nothing (--verbose gets the new output's tables, as before)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial MLflow database tables..." etc.
     for name in ("ray", "ray.tune", "ray.train", "ray.air", "alembic", "mlflow"):

@@ -152,7 +152,7 @@ def learning_curves(rows: list[TrialRow], metric: str, title: str, path: Path) -
     ax.set_ylabel(metric)
     ax.set_title(f"{title}  (× = stopped early by ASHA)")
     ax.grid(alpha=0.3)
-    if len(rows) <= 12:
+    if ax.get_legend_handles_labels()[0] and len(rows) <= 12:
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,14 +286,18 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> SweepSummary:
             )
         results = tuner.fit()
         summary = finalize(cfg, results, uri, experiment_id, parent, resumed)
-        from sweeps.report import log_report
-
-        log_report(cfg, uri, experiment_id, parent)
         tracking.set_note(uri, parent, sweep_note(cfg, summary))
         prune_checkpoints(cfg, results)
     except BaseException:
         tracking.set_status(uri, parent, "FAILED")
         raise
+    from sweeps.report import log_report
+
+    try:  # the sweep is done and recorded: a report that cannot be drawn is said, not a failed sweep
+        log_report(cfg, uri, experiment_id, parent)
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: sweep {cfg.name}: report not logged ({type(e).__name__}: {e}); the ranked trials: "
+              f"robust-sweep report {cfg.name} --tracking-uri {uri}", file=sys.stderr)
     return summary
 
 
