@@ -89,6 +89,8 @@ def make_searcher(cfg: SweepConfig):
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
+    if not verbose():  # "A new study created ..." and per-trial INFO lines: the console callback says what matters
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(cfg.optuna_storage) if cfg.optuna_storage else None
     searcher = _pruned_aware_searcher_cls()(
         space={k: d.to_optuna() for k, d in cfg.search_space.items()},
@@ -181,7 +183,7 @@ def init_ray(cpus_per_task: float = 1.0) -> None:
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(cpus_per_task))
     if not verbose():  # the trials' own output (checkpoint lines, MLflow links) stays in the worker logs
-        kwargs.update(log_to_driver=False, logging_level=logging.WARNING)
+        kwargs.update(log_to_driver=False, logging_level=logging.ERROR)
     ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, **kwargs)
 
 
