@@ -92,7 +92,7 @@ def test_all_problems_reported_at_once(tmp_path):
     text = "\n".join(ps)
     for needle in ("num_trails: unknown key", "scheduler.reduction_factr",
                    "resources.gpu", "storage", "metric: 'accuracy'",
-                   "search_space.method.params.epss: 'epss' is not a vat param; did you mean eps? valid: eps, xi",
+                   "search_space.method.params.epss: 'epss' is not a vat param; did you mean eps? valid: eps, ",
                    "search_space.train.lr: loguniform needs lo > 0",
                    "search_space.train.weight_decay: uniform needs lo < hi", "search_space.train.batch_size",
                    "search_space.train.momentum=1.5", "search_space.train.optimizer='lion'",
