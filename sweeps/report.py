@@ -119,8 +119,8 @@ def _study(cfg, rows: list[TrialRow]):
     study = optuna.create_study(direction="maximize" if cfg.mode == "max" else "minimize", study_name=cfg.name)
     dists = {k: d.to_optuna() for k, d in cfg.search_space.items()}
     for t in sorted(rows, key=lambda t: t.start_time):
-        if t.status not in ("full", "stopped early") or not math.isfinite(t.value):
-            continue
+        if t.status not in ("full", "stopped early") or not math.isfinite(t.value) or "?" in t.params.values():
+            continue  # unfinished, or its params never reached MLflow
         params = {}
         for k, d in cfg.search_space.items():
             raw = t.params[k]

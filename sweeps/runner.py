@@ -127,10 +127,10 @@ def make_trainable(cfg: SweepConfig, uri: str, experiment_id: str, parent_run_id
         run_id, created = tracking.find_or_start_run(
             uri, experiment_id, trial_label(cfg.base.method.name, _sampled(cfg, config)), trial_tags(cfg, trial_id),
             key_tags=[f"{TAG}.sweep", f"{TAG}.trial_id"], parent_run_id=parent_run_id)
-        if created:
-            tracking.log_params(uri, run_id, run_cfg.flat())
-            tracking.log_artifact_text(uri, run_id, "config.yaml", dump_yaml(run_cfg))
-        else:  # a retry after a failure or a driver restart: same run, history continues
+        # idempotent (params already there are skipped), so a retry after a failure in between completes them
+        tracking.log_params(uri, run_id, run_cfg.flat())
+        tracking.log_artifact_text(uri, run_id, "config.yaml", dump_yaml(run_cfg))
+        if not created:  # a retry after a failure or a driver restart: same run, history continues
             tracking.set_status(uri, run_id, "RUNNING")
         # MLflow first: a trial ASHA stops is killed inside tune.report, after its last epoch is logged
         reporter = Many(tracking.MLflowReporter(uri, run_id), TuneReporter())
