@@ -34,8 +34,9 @@ class Selection:
     config: RunConfig
 
 
-def select_best(spec: PipelineSpec, sweep: str) -> Selection:
-    """Best trial of the latest run of ``sweep`` by ``spec.selection_metric`` (a validation metric).
+def select_best(spec: PipelineSpec, sweep: str, metric: str | None = None, mode: str | None = None) -> Selection:
+    """Best trial of the latest run of ``sweep`` by ``metric`` (a validation metric; default ``spec.selection_metric``
+    and ``spec.selection_mode``; the plan's source says which: ``val_robust_acc`` for robust-selected rows).
 
     Trials that ran the full budget are preferred over ones ASHA stopped early; ties go to the earlier trial.
     """
@@ -49,11 +50,11 @@ def select_best(spec: PipelineSpec, sweep: str) -> Selection:
             f"(robust-sweep sweep CONFIG with name: {sweep}) or fix the row's `sweep:` name")
     parent = max(parents, key=lambda r: r.info.start_time)
     trials = find_runs(uri, exp, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`{TAG}kind` = 'trial'")
-    m = spec.selection_metric
+    m = metric or spec.selection_metric
     scored = [r for r in trials if m in r.data.metrics and r.info.status == "FINISHED"]
     if not scored:
         raise LookupError(f"sweep {sweep!r} (run {parent.info.run_id}) has no finished trial with metric {m!r}")
-    sign = 1 if spec.selection_mode == "max" else -1
+    sign = 1 if (mode or spec.selection_mode) == "max" else -1
     full = [r for r in scored if r.data.tags.get(f"{TAG}stopped_early") != "true"] or scored
     best = sorted(full, key=lambda r: (-sign * r.data.metrics[m], r.info.start_time))[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,7 +170,7 @@ class Runner:
             self.log(f"[sweep] {run_sweep(sc, progress=False)}")
         for name, src in self.plan.sources.items():
             if name not in self.selections:
-                self.selections[name] = sel = select_best(self.spec, name)
+                self.selections[name] = sel = select_best(self.spec, src.sweep or name, src.metric, src.mode)
                 self.log(f"[select] {name}: trial run {sel.trial_run_id} {sel.metric}={sel.value:.4f}")
 
     # -------------------------------------------------------------- 2. retrains

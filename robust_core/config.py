@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from typing_extensions import Annotated
 
 from robust_core.registry import DATASETS, METHODS, MODELS, UnknownNameError
@@ -76,6 +77,77 @@ class MethodConfig(Strict):
         return METHODS.get(self.name).Params.model_validate(self.params)
 
 
+ROBUST_VAL_METRIC = "val_robust_acc"  # what fit reports when train.robust_val is set (a sweep / selection metric)
+
+
+class RobustValOptions(Strict):
+    """How the robust validation metric ``val_robust_acc`` is measured (what a pipeline profile sets in
+    ``datasets.<d>.robust_val``): the accuracy of the deployed model (``method.inference_model``) on the validation
+    split under one attack of the one attack loop (``robust_core.attacks``), in eval mode. Never the test set.
+
+    attack: "pgd" (default: PGD-k from a random start, Madry et al. 2018), "cw" (PGD-k on the Carlini-Wagner
+    margin) or "fgsm" (one step of length ε; ``steps`` and ``step_frac`` unused). norm: "linf" (default) or "l2".
+    steps: 10 (PGD/CW iterations; a ranking signal for selection, not a final number: the tables' attacks are the
+    evaluation suites'). step_frac: 0.25 (step = step_frac·ε). n_examples: None = the whole validation split; N = a
+    seeded subset of it, the same examples at every epoch and in every trial. seed: 0 (the subset and the random
+    starts, fixed, so epochs and trials are compared on the same draws).
+    """
+
+    attack: Literal["pgd", "cw", "fgsm"] = "pgd"
+    norm: Literal["linf", "l2"] = "linf"
+    steps: int = Field(10, ge=1)
+    step_frac: float = Field(0.25, gt=0)
+    n_examples: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class RobustValConfig(RobustValOptions):
+    """``train.robust_val``: compute ``val_robust_acc`` (``RobustValOptions``) during training.
+
+    eps: the radius, pixel units of inputs in [0, 1] (None = the dataset's default for ``norm``, from its source:
+    0.3 on MNIST, 8/255 on CIFAR-10; the pipeline writes the profile's evaluation ε here). epochs: the epochs
+    (1-based) at which it is computed besides the last one, which always is (None = every epoch). A sweep that
+    selects on it with ASHA needs every rung among them (``sweeps/spec.py`` checks; the pipeline writes the rungs),
+    because ASHA compares trials on the first report at or after each rung that carries the metric.
+    """
+
+    eps: Annotated[Number, Field(ge=0)] | None = None
+    epochs: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+
+    @field_validator("epochs")
+    @classmethod
+    def _sorted(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        return None if v is None else tuple(sorted(set(v)))
+
+    @field_validator("eps")
+    @classmethod
+    def _pixel_units(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and v > 1 and info.data.get("norm", "linf") == "linf":
+            raise ValueError(f"{v} > 1: the L∞ radius is in pixel units of inputs in [0, 1] (write 8/255, not 8)")
+        return v
+
+    def due(self, epoch: int, last: int) -> bool:
+        """Whether to compute it after ``epoch`` (1-based) of a run of ``last`` epochs."""
+        return self.epochs is None or epoch == last or epoch in self.epochs
+
+    def radius(self, dataset: str) -> float:
+        """ε: the configured one, else the registered dataset's default for ``norm``."""
+        if self.eps is not None:
+            return self.eps
+        d = DATASETS.get(dataset).eval
+        return d.l2_eps if self.norm == "l2" else d.linf_eps
+
+    def attack_for(self, dataset: str):
+        """The ``robust_core.attacks`` attack that makes the examples, at ``radius(dataset)``."""
+        from robust_core.attacks.gradient import CW, FGSM, PGD
+
+        eps = self.radius(dataset)
+        if self.attack == "fgsm":
+            return FGSM(eps=eps, norm=self.norm)
+        return (CW if self.attack == "cw" else PGD)(eps=eps, norm=self.norm, n_steps=self.steps,
+                                                     step_frac=self.step_frac)
+
+
 class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1)  # None: one pass over the largest training pool
@@ -94,6 +166,7 @@ class TrainConfig(Strict):
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype; fp16 adds a gradient scaler (CUDA only)
     deterministic: bool = True
     eval_batch_size: int = Field(1000, ge=1)
+    robust_val: RobustValConfig | None = None  # also report val_robust_acc (robust selection); None: not computed
 
 
 class RunConfig(Strict):

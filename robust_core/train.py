@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_core.config import RunConfig
+from robust_core.config import ROBUST_VAL_METRIC, RobustValConfig, RunConfig
 from robust_core.data import PreparedData, prepare_data
 from robust_core.errors import TrainingDiverged
 from robust_core.methods import Batch, Method, StepContext, build_method
@@ -101,6 +101,26 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
             correct += (out.argmax(1) == yb).sum().item()
     n = max(1, len(x))
     return {"acc": correct / n, "loss": loss_sum / n}
+
+
+def robust_validation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rv: RobustValConfig, dataset: str,
+                      batch_size: int = 1000) -> dict[str, float]:
+    """``val_robust_acc``: accuracy of ``model`` (the deployed network) on the validation examples ``(x, y)`` (or
+    ``rv.n_examples`` of them, a seeded subset) under ``rv``'s attack on ``dataset``'s radius, through the one attack
+    loop, in eval mode (restored afterwards); ``val_robust_time_s``: its wall seconds. Runs with a forked RNG and its
+    own seeded generator: the caller's random streams are untouched, so training continues exactly as without it."""
+    from robust_core.attacks.base import model_device, predict
+    from robust_core.attacks.evaluate import select
+    from robust_core.attacks.settings import EvalSettings
+
+    t0 = time.perf_counter()
+    x, y, _ = select((x, y), EvalSettings(n_examples=rv.n_examples, seed=rv.seed))
+    dev = model_device(model)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), eval_mode(model):
+        gen = torch.Generator(device=dev).manual_seed(rv.seed)
+        adv = rv.attack_for(dataset).run(model, x, y, batch_size, generator=gen)
+        acc = (predict(model, adv.x, batch_size) == y.to(adv.x.device)).float().mean().item()
+    return {ROBUST_VAL_METRIC: acc, "val_robust_time_s": time.perf_counter() - t0}
 
 
 @dataclass
@@ -250,6 +270,10 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
         val = evaluate(method.inference_model(model), xv, yv, t.eval_batch_size)
         metrics.update(epoch=epoch + 1, val_acc=val["acc"], val_loss=val["loss"], lr=sched.get_last_lr()[0],
                        step=(epoch + 1) * spe, epoch_time_s=time.perf_counter() - t0)
+        rv = t.robust_val  # after epoch_time_s too: timed apart (val_robust_time_s), so epoch times stay comparable
+        if rv is not None and len(yv) and rv.due(epoch + 1, t.epochs):
+            metrics.update(robust_validation(method.inference_model(model), xv, yv, rv, cfg.data.name,
+                                             t.eval_batch_size))
         if test_each_epoch:  # after epoch_time_s: the timing is of training and validation only
             xt, yt = data.test
             te = evaluate(method.inference_model(model), xt, yt, t.eval_batch_size)
