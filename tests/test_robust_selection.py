@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from robust_core.config import ROBUST_VAL_METRIC, ConfigError, dump_yaml, load_run_config
+from robust_core.registry import METHODS
 
 RV = ["train.robust_val.steps=2", "train.robust_val.n_examples=40"]
 
@@ -254,3 +255,27 @@ def test_cost_estimate_counts_it():
     base["train"]["robust_val"].update(attack="fgsm", n_examples=None)
     assert robust_val_steps(base) == 6 * 2 * 8  # the whole validation split
     assert robust_val_steps({"train": {"epochs": 6}}) == 0
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_deployed_model_is_validated_without_side_effects(name, mnist5k_100):
+    """For every registered method's deployed model (e.g. ATLD's test-time transformation): a number in [0, 1], the
+    modes restored, no parameter gradients, the global RNG untouched."""
+    from conftest import tiny_model
+    from robust_core.config import MethodConfig
+    from robust_core.methods import build_method
+    from robust_core.train import robust_validation
+
+    data = mnist5k_100
+    model = tiny_model("mlp", data.info).train()
+    method = build_method(MethodConfig(name=name), model=model, info=data.info, n_train=len(data.arrays.y_train))
+    mods = [model, *method.modules().values()]
+    for m in mods:
+        m.train()
+    rv = load_run_config(overrides=["train.robust_val.steps=2", "train.robust_val.n_examples=16"]).train.robust_val
+    rng = torch.get_rng_state()
+    out = robust_validation(method.inference_model(model), *data.val, rv, "mnist5k", 8)
+    assert 0.0 <= out[ROBUST_VAL_METRIC] <= 1.0 and out["val_robust_time_s"] > 0
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(m.training for mod in mods for m in mod.modules())
+    assert all(p.grad is None for mod in mods for p in mod.parameters())
