@@ -188,7 +188,8 @@ class Planner:
             assert setting is not None and row.method is not None
             mode = "defaults" if self.spec.sweep.mode == "defaults" else "sweep"
             mkey = self._shared_key(row.method)
-            stem = f"{self.spec.name}-{mkey}-{setting.key}" + ("-robust" if robust else "-defaults" * (mode == "defaults"))
+            suffix = "-robust" if robust else "-defaults" if mode == "defaults" else ""
+            stem = f"{self.spec.name}-{mkey}-{setting.key}{suffix}"
             if stem not in self._names:
                 raw = self._sweep_raw(stem, mkey, setting, robust)
                 # the name carries a hash of what the sweep is: editing a profile's budget or space starts new
@@ -254,8 +255,8 @@ class Planner:
         assert prof is not None
         sched = self.spec.sweep.scheduler
         epochs = TrainConfig.model_fields["epochs"].default if epochs is None else epochs
-        rungs = asha_rungs(sched.grace_period, sched.reduction_factor, epochs) if (
-            self.spec.sweep.mode == "sweep" and sched.type == "asha" and isinstance(epochs, int) and epochs >= 1) else []
+        asha = self.spec.sweep.mode == "sweep" and sched.type == "asha" and isinstance(epochs, int) and epochs >= 1
+        rungs = asha_rungs(sched.grace_period, sched.reduction_factor, epochs) if asha else []
         return {**prof.robust_val.model_dump(), "eps": self.eval_settings(s).eps_for(prof.robust_val.norm),
                 "epochs": rungs}
 
