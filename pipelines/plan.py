@@ -176,9 +176,11 @@ class Planner:
         lab = prof.labels.get(labels, labels) if labels is not None else None
         return Setting(paper, key, prof.name, lab, prof.display or display(prof.name), stand_in)
 
-    def source(self, row: RowSpec, setting: Setting | None, selection: Selection = "clean") -> SourceUnit:
-        """``selection``: robust = a sweep of its own on ``val_robust_acc``; ignored without sweeps (defaults mode
-        selects nothing, so every row of a method shares the method's defaults)."""
+    def source(self, row: RowSpec, setting: Setting | None, selection: Selection = "clean",
+               attack: str | None = None) -> SourceUnit:
+        """``selection``: robust = a sweep of its own on ``val_robust_acc`` (made by ``attack``; None: the profile's
+        ``robust_val.attack``); ignored without sweeps (defaults mode selects nothing, so every row of a method
+        shares the method's defaults)."""
         robust = selection == "robust" and (row.sweep is not None or self.spec.sweep.mode == "sweep")
         metric, how = (ROBUST_VAL_METRIC, "max") if robust else (self.spec.selection_metric, self.spec.selection_mode)
         if row.sweep is not None:
@@ -188,10 +190,13 @@ class Planner:
             assert setting is not None and row.method is not None
             mode = "defaults" if self.spec.sweep.mode == "defaults" else "sweep"
             mkey = self._shared_key(row.method)
-            suffix = "-robust" if robust else "-defaults" if mode == "defaults" else ""
+            prof = self.spec.datasets[setting.profile]
+            assert prof is not None
+            attack = (attack or prof.robust_val.attack) if robust else None
+            suffix = f"-robust_{attack}" if robust else "-defaults" if mode == "defaults" else ""
             stem = f"{self.spec.name}-{mkey}-{setting.key}{suffix}"
             if stem not in self._names:
-                raw = self._sweep_raw(stem, mkey, setting, robust)
+                raw = self._sweep_raw(stem, mkey, setting, attack)
                 # the name carries a hash of what the sweep is: editing a profile's budget or space starts new
                 # sweeps (the old ones stay in MLflow) instead of clashing with a finished sweep of the same name
                 what = {k: v for k, v in raw.items() if k not in ("name", "tracking", "storage")}
@@ -211,7 +216,8 @@ class Planner:
                 return k
         return key
 
-    def _sweep_raw(self, name: str, method_key: str, s: Setting, robust: bool = False) -> dict[str, Any]:
+    def _sweep_raw(self, name: str, method_key: str, s: Setting, robust_attack: str | None = None) -> dict[str, Any]:
+        """``robust_attack``: None = selected on the clean metric, else on ``val_robust_acc`` made by this attack."""
         from sweeps.spec import default_space_raw
 
         spec, m = self.spec, self.spec.methods[method_key]
@@ -237,8 +243,8 @@ class Planner:
             for k in m.params:  # a fixed param is not searched
                 space.pop(f"method.params.{k}", None)
         metric, mode = spec.selection_metric, spec.selection_mode
-        if robust:
-            base["train"]["robust_val"] = self.robust_val(s, base["train"].get("epochs"))
+        if robust_attack is not None:
+            base["train"]["robust_val"] = self.robust_val(s, base["train"].get("epochs"), robust_attack)
             metric, mode = ROBUST_VAL_METRIC, "max"
         return {"name": name, "base": base, "search_space": space or None, "num_trials": spec.sweep.num_trials,
                 "max_concurrent": spec.sweep.max_concurrent, "metric": metric,
@@ -246,9 +252,9 @@ class Planner:
                 "resources": spec.resources.model_dump(), "tracking": spec.tracking.model_dump(),
                 "storage": spec.sweep.storage}
 
-    def robust_val(self, s: Setting, epochs: Any) -> dict[str, Any]:
-        """``train.robust_val`` of a robust-selected source: the profile's ``robust_val`` at the evaluation ε of its
-        norm, computed at ASHA's rungs (sweep mode) and the last epoch."""
+    def robust_val(self, s: Setting, epochs: Any, attack: str) -> dict[str, Any]:
+        """``train.robust_val`` of a robust-selected source: the profile's ``robust_val`` with ``attack``, at the
+        evaluation ε of its norm, computed at ASHA's rungs (sweep mode) and the last epoch."""
         from sweeps.spec import asha_rungs
 
         prof = self.spec.datasets[s.profile]
@@ -257,14 +263,17 @@ class Planner:
         epochs = TrainConfig.model_fields["epochs"].default if epochs is None else epochs
         asha = self.spec.sweep.mode == "sweep" and sched.type == "asha" and isinstance(epochs, int) and epochs >= 1
         rungs = asha_rungs(sched.grace_period, sched.reduction_factor, epochs) if asha else []
-        return {**prof.robust_val.model_dump(), "eps": self.eval_settings(s).eps_for(prof.robust_val.norm),
-                "epochs": rungs}
+        return {**prof.robust_val.model_dump(), "attack": attack,
+                "eps": self.eval_settings(s).eps_for(prof.robust_val.norm), "epochs": rungs}
 
     def retrain(self, row: RowSpec, setting: Setting | None, seed: int, item: TableSpec | FigureSpec | None = None
                 ) -> RetrainKey:
-        """``item``: the table or figure that shows ``row``; its selection (``PipelineSpec.selection_of``) picks
-        the source."""
-        src = self.source(row, setting, self.spec.selection_of(item, row) if item is not None else "clean")
+        """``item``: the table or figure that shows ``row``; its selection (``PipelineSpec.selection_of``) and
+        ``robust_attack`` pick the source."""
+        if item is None:
+            src = self.source(row, setting)
+        else:
+            src = self.source(row, setting, self.spec.selection_of(item, row), item.robust_attack)
         k = RetrainKey(src.name, json.dumps(row.set, sort_keys=True), seed)
         self.retrains.add(k)
         return k

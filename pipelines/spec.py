@@ -19,9 +19,10 @@ figure kinds curves, budget, bars) selects its rows' configurations on the robus
 A row, a method key or a table/figure may say ``selection:`` explicitly, in that precedence (e.g. ``clean`` for a
 standard-training baseline, whose robust accuracy is about 0 for every configuration). A table shows one model per
 row and seed in all of its columns (Shaham's test and A_mnist columns show the same nets). A method shown in a clean
-and in a robust table gets one sweep per selection: the robust one computes ``val_robust_acc``
-(``datasets.<d>.robust_val``: the attack, at the dataset's evaluation ε) at ASHA's rungs and the last epoch, and
-searches and selects on it.
+and in a robust table gets one sweep per selection (and per robust attack): the robust one computes
+``val_robust_acc`` (``datasets.<d>.robust_val``: how, at the dataset's evaluation ε; the table's or figure's
+``robust_attack`` names the attack when its threat is not the profile's default PGD, e.g. ``fgsm`` for tables of
+one-step attacks) at ASHA's rungs and the last epoch, and searches and selects on it.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ PAPER_DATASETS = ("mnist", "svhn", "cifar10", "cifar100")
 PAPER_STEPS = (20, 40, 100)  # the papers' PGD/CW step counts; a profile's eval.steps maps onto them in order
 NAME = r"^[A-Za-z0-9_.-]+$"
 Selection = Literal["clean", "robust"]  # which validation metric a row's configuration is selected on
+RobustAttack = Literal["pgd", "cw", "fgsm"]  # the attack of robust selection (robust_core.config.RobustValOptions)
 # an attack as a column names it, parsed once (robust_core.attacks.key): `pgd-20`, `pgd-20[both]`, `fgsm@baseline`
 AttackField = Annotated[AttackKey, PlainValidator(AttackKey.coerce), PlainSerializer(str)]
 
@@ -174,6 +176,7 @@ class TableSpec(_Strict):
     baseline: str | None = None  # fixed_set: the row whose model the fixed adversarial set is generated on
     notes: list[str] = Field(default_factory=list)
     selection: Selection | None = None  # None: robust when a column reports accuracy under an attack, else clean
+    robust_attack: RobustAttack | None = None  # robust selection's attack (the table's threat); None: the profile's
 
     @property
     def reports_robust(self) -> bool:
@@ -206,6 +209,7 @@ class FigureSpec(_Strict):
     thresholds: list[float] = Field(default_factory=list)  # epochs_to_reach: test accuracies in %
     seeds: list[int] | None = None
     selection: Selection | None = None  # None: robust for kinds curves, budget and bars (accuracy under attack)
+    robust_attack: RobustAttack | None = None  # robust selection's attack; None: the profile's robust_val.attack
 
     @property
     def reports_robust(self) -> bool:

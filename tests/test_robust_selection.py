@@ -176,6 +176,13 @@ def test_plan_gives_robust_rows_their_own_sweep_on_the_robust_metric(tmp_path):
     assert r["base"]["train"]["robust_val"] == {"attack": "pgd", "norm": "linf", "steps": 3, "step_frac": 0.25,
                                                 "n_examples": 50, "seed": 0, "eps": 0.2, "epochs": [2, 4]}
     assert plan.sources[robust["AT"]].metric == ROBUST_VAL_METRIC
+    # a table whose threat is one-step attacks says so: its robust rows are selected on FGSM, in a sweep of their own
+    raw = yaml.safe_load(_profile(tmp_path).read_text())
+    raw["tables"].append({**raw["tables"][1], "name": "fgsm_tab", "robust_attack": "fgsm"})
+    plan = make_plan(load_pipeline_spec(_profile(tmp_path, tables=raw["tables"])))
+    fgsm, pgd = _sources_of(plan, "fgsm_tab")["AT"], _sources_of(plan, "robust_tab")["AT"]
+    assert fgsm != pgd and plan.sweep_raw[fgsm]["base"]["train"]["robust_val"]["attack"] == "fgsm"
+    assert plan.sweep_raw[pgd]["base"]["train"]["robust_val"]["attack"] == "pgd"
     # without sweeps nothing is selected: robust and clean rows share the method's defaults
     plan = make_plan(load_pipeline_spec(_profile(tmp_path, sweep={"mode": "defaults"})))
     assert _sources_of(plan, "robust_tab")["AT"] == _sources_of(plan, "clean_tab")["AT"]
