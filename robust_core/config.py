@@ -49,6 +49,13 @@ Number = Annotated[float, BeforeValidator(parse_number)]
 """A float that may be written as a fraction (``eps: 8/255``); parsed once, here."""
 
 
+def linf_pixel_radius(v: float | None) -> float | None:
+    """An L∞ radius of inputs in [0, 1] is at most 1: the one check of every config's L∞ ε (``8`` meant ``8/255``)."""
+    if v is not None and v > 1:
+        raise ValueError(f"{v} > 1: ε is in pixel units of inputs in [0, 1] (write 8/255, not 8)")
+    return v
+
+
 class Strict(BaseModel):
     """Base for every config object: unknown keys are errors, objects are immutable."""
 
@@ -122,20 +129,18 @@ class RobustValConfig(RobustValOptions):
     @field_validator("eps")
     @classmethod
     def _pixel_units(cls, v: float | None, info: ValidationInfo) -> float | None:
-        if v is not None and v > 1 and info.data.get("norm", "linf") == "linf":
-            raise ValueError(f"{v} > 1: the L∞ radius is in pixel units of inputs in [0, 1] (write 8/255, not 8)")
-        return v
+        return linf_pixel_radius(v) if info.data.get("norm", "linf") == "linf" else v
 
     def due(self, epoch: int, last: int) -> bool:
         """Whether to compute it after ``epoch`` (1-based) of a run of ``last`` epochs."""
         return self.epochs is None or epoch == last or epoch in self.epochs
 
     def radius(self, dataset: str) -> float:
-        """ε: the configured one, else the registered dataset's default for ``norm``."""
-        if self.eps is not None:
-            return self.eps
-        d = DATASETS.get(dataset).eval
-        return d.l2_eps if self.norm == "l2" else d.linf_eps
+        """ε: the configured one, else the dataset's default for ``norm`` (``EvalSettings.eps_for``, from its source:
+        the evaluations' rule)."""
+        from robust_core.attacks.settings import EvalSettings
+
+        return self.eps if self.eps is not None else EvalSettings(dataset=dataset).eps_for(self.norm)
 
     def attack_for(self, dataset: str):
         """The ``robust_core.attacks`` attack that makes the examples, at ``radius(dataset)``."""

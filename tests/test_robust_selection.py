@@ -24,6 +24,8 @@ def test_robust_val_config_is_typed_and_lists_every_problem():
     assert load_run_config().train.robust_val is None  # off unless asked for
     assert rv.attack_for("mnist5k").key.steps == 10 and rv.attack_for("mnist5k").eps == pytest.approx(8 / 255)
     assert load_run_config(overrides=["train.robust_val.norm=l2"]).train.robust_val.radius("mnist5k") == 2.0  # source
+    # the evaluations' rules: an L∞ radius above 1 is refused (pixel units), an L2 one is not
+    assert load_run_config(overrides=["train.robust_val.norm=l2", "train.robust_val.eps=3"]).train.robust_val.eps == 3
     with pytest.raises(ConfigError) as e:
         load_run_config(overrides=["train.robust_val.stpes=3", "train.robust_val.attack=pgdd",
                                    "train.robust_val.eps=8", "train.robust_val.epochs=[0]"])
