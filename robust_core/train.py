@@ -3,6 +3,12 @@
 It owns seeding, data batching, optimiser and schedule, AMP, train/eval modes, per-epoch validation, checkpoints
 (model, method modules, optimiser, scheduler, scaler, samplers and every RNG, so a resumed run continues exactly as
 an uninterrupted one) and reporting. A method only turns a batch into a loss.
+
+The step never waits for the device (``tests/test_step_sync.py`` checks every registered method): the training set
+is resident on the device and batches are gathered there (``robust_core.data.placement``), indices are drawn there,
+losses/logs/accuracy go into an on-device ``EpochMeter`` that is read once per epoch, and the non-finite-loss guard
+is evaluated from it then (naming the first bad step). Options: ``train.amp`` (autocast), ``train.channels_last``,
+``train.compile``.
 """
 from __future__ import annotations
 
@@ -236,13 +242,13 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
     seed_everything(t.seed)
     data = data or prepare_data(cfg.data)
     model = build_model(cfg.model, data.info).to(dev)
+    nhwc = t.channels_last and _has_conv2d(model)  # NHWC for the convolutions and the batches that feed them
+    if nhwc:
+        model.to(memory_format=torch.channels_last)
     method = build_method(cfg.method, model=model, info=data.info, n_train=len(data.arrays.y_train))
     aux = nn.ModuleDict(method.modules()).to(dev)
 
-    if t.channels_last and _has_conv2d(model):
-        model.to(memory_format=torch.channels_last)
-    store = place_images(data.arrays.x_train, data.arrays.y_train, dev, t.data_placement, t.data_dtype,
-                         t.channels_last and _has_conv2d(model))
+    store = place_images(data.arrays.x_train, data.arrays.y_train, dev, t.data_placement, t.data_dtype, nhwc)
     sdev = store.x.device  # where indices are drawn and batches gathered (the training device when resident)
     lab_idx = torch.from_numpy(data.splits.labeled).to(sdev)
     unl_idx = torch.from_numpy(data.splits.unlabeled).to(sdev)

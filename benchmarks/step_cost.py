@@ -1,0 +1,240 @@
+"""Cost of one training step of every method, beside its pass-count floor, at the shapes the profiles train.
+
+    python benchmarks/step_cost.py                          # laptop + paper shapes, every method there
+    python benchmarks/step_cost.py --quick                  # 1 repeat, fewer steps (a first look; CPU: minutes)
+    python benchmarks/step_cost.py --shapes laptop-mlp paper-mlp --methods mle vat --json out.json
+
+Shapes come from the pipeline profiles themselves (``pipelines/laptop.yaml``, ``pipelines/paper.yaml``): every
+distinct (input shape, model, labeled batch B, unlabeled batch U, amp, channels_last) that a sweep of the profile
+trains, with the methods (and fixed method params, labeled/semi-supervised setting) it trains there. Inputs are
+synthetic 8-bit images of the dataset's shape (a step's cost does not depend on pixel values), so no dataset files
+are needed; only torch + this package (no Ray, Optuna or MLflow).
+
+Per row:
+- ms/step: ``robust_core.train.fit`` itself runs 2 epochs of ``--steps`` steps; the second epoch's time (it includes
+  the epoch's one host synchronisation and a 1-example validation) / steps. Wall time on CUDA; on CPU this
+  process's CPU time (``--clock``), so other processes on a shared machine do not inflate it (with several torch
+  threads it sums them: pass ``--threads 1`` for per-step cost). Every method of a shape runs once per
+  repeat, repeats interleaved, median over repeats: the ratio to MLE is measured side by side in one process.
+- floor: forward and backward passes the method makes per step, counted with hooks on the classifier's ``head``
+  (forward = 1, forward-mode (JVP) forward = 2, backward = 2, per example), ÷ MLE's 3·B. A method at its floor
+  costs (floor × MLE); ``gap`` = (× MLE) / floor is what it spends beyond its passes (small kernels, Python,
+  optimiser, data handling). At small shapes MLE's own fixed costs (optimiser, launch) make gaps < 1 possible.
+  ``FLOPs × MLE``: matmul/conv FLOPs of the step ÷ MLE's, auxiliary networks (mask generators, discriminators)
+  included — where it exceeds the floor, the method computes more than its classifier passes.
+- peak MiB: CUDA: ``torch.cuda.max_memory_allocated`` over the timed run; CPU: the live tensor bytes of two steps
+  accounted on fake tensors (``benchmarks/_memory.py``): parameters, gradients, optimiser state, activations.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _memory import one_step_accounting  # noqa: E402
+
+from robust_core.config import build_run_config  # noqa: E402
+from robust_core.data import Arrays, PreparedData, Splits  # noqa: E402
+from robust_core.registry import DATASETS, METHODS  # noqa: E402
+from robust_core.reporting import Reporter  # noqa: E402
+from robust_core.train import fit, resolve_device  # noqa: E402
+
+
+@dataclass
+class Shape:
+    label: str  # e.g. "paper-convlarge"
+    dataset: str
+    model: dict[str, Any]
+    batch: int
+    unlabeled: int
+    train: dict[str, Any]  # amp, channels_last, optimizer, ... as the profile trains
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # row label -> {"method": {...}, "ssl": bool}
+
+
+def shapes_from_profiles(profiles: list[str]) -> list[Shape]:
+    from pipelines.plan import make_plan
+    from pipelines.spec import load_pipeline_spec
+
+    root = Path(__file__).resolve().parent.parent / "pipelines"
+    out: dict[tuple, Shape] = {}
+    for prof in profiles:
+        plan = make_plan(load_pipeline_spec(root / f"{prof}.yaml"), None)
+        for raw in plan.sweep_raw.values():
+            b = raw["base"]
+            info = DATASETS.get(b["data"]["name"]).info
+            tr = b["train"]
+            model = {"name": b["model"]["name"], "params": b["model"].get("params") or {}}
+            run = {k: tr[k] for k in ("amp", "channels_last", "optimizer", "momentum", "nesterov") if k in tr}
+            ssl = METHODS.get(b["method"]["name"]).uses_unlabeled and b["data"].get("n_labeled") is not None
+            key = (prof, info.shape, json.dumps(model, sort_keys=True), tr["batch_size"],
+                   tr.get("unlabeled_batch_size", 128), json.dumps(run, sort_keys=True))
+            if key not in out:
+                out[key] = Shape(f"{prof}-{model['name']}", b["data"]["name"], model, tr["batch_size"],
+                                 tr.get("unlabeled_batch_size", 128), run)
+            method = {"name": b["method"]["name"], "params": b["method"].get("params") or {}}
+            fixed = ",".join(f"{k}={v}" for k, v in sorted(method["params"].items()))
+            label = method["name"] + (f"{{{fixed}}}" if fixed else "") + (" ssl" if ssl else "")
+            out[key].rows.setdefault(label, {"method": method, "ssl": ssl})
+    shapes = list(out.values())
+    labels = [s.label for s in shapes]
+    for s in shapes:  # two shapes of one profile and model (e.g. batch sizes) get a suffix
+        if labels.count(s.label) > 1:
+            s.label += f"-b{s.batch}"
+    for s in shapes:
+        s.rows.setdefault("mle", {"method": {"name": "mle", "params": {}}, "ssl": False})
+        s.rows = dict(sorted(s.rows.items(), key=lambda kv: (kv[0] != "mle", kv[0])))
+    return shapes
+
+
+def synthetic_data(shape: Shape, seed: int = 0) -> PreparedData:
+    """Random 8-bit images of the dataset's shape and training-set size (per-example method parameters, e.g. xVAT's
+    transductive masks, are as large as in the real run): B·4 labeled, U·4 unlabeled, 1 validation example."""
+    import numpy as np
+
+    from pipelines.cost import TRAIN_SIZE
+
+    info = DATASETS.get(shape.dataset).info
+    nl, nu = 4 * shape.batch, 4 * shape.unlabeled
+    n = max(TRAIN_SIZE.get(shape.dataset, 0), nl + nu + 1)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, *info.shape), generator=g, dtype=torch.uint8).float().div_(255.0)
+    y = torch.randint(0, info.num_classes, (n,), generator=g)
+    idx = np.arange(n)
+    splits = Splits(idx[:nl], idx[nl : nl + nu], idx[n - 1 :])
+    return PreparedData(info, Arrays(x, y, x[:1], y[:1]), splits)
+
+
+def run_config(shape: Shape, row: dict[str, Any], steps: int, epochs: int, device: str):
+    data = {"name": shape.dataset, "n_val": 1, "n_labeled": 10 * DATASETS.get(shape.dataset).info.num_classes
+            if row["ssl"] else None}
+    train = {**shape.train, "epochs": epochs, "steps_per_epoch": steps, "batch_size": shape.batch,
+             "unlabeled_batch_size": shape.unlabeled, "device": device, "eval_batch_size": 1}
+    return build_run_config({"data": data, "model": shape.model, "method": row["method"], "train": train},
+                            "step_cost config")
+
+
+class _Clock(Reporter):
+    """Wall and process-CPU time at each epoch's report (after the epoch's steps and its 1-example validation)."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, float]] = []
+
+    def report(self, metrics, state) -> None:
+        self.marks.append((time.perf_counter(), time.process_time()))
+
+
+def time_row(shape: Shape, row: dict[str, Any], data: PreparedData, steps: int, device: str, clock: str
+             ) -> tuple[float, int]:
+    """(ms per step of the second of two epochs, CUDA peak bytes or -1). ``clock``: ``wall``, or ``cpu`` (this
+    process's CPU time: on a shared CPU machine it does not count the time other processes take the cores)."""
+    cfg = run_config(shape, row, steps, 2, device)
+    cuda = resolve_device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    c = _Clock()
+    fit(cfg, data=data, reporter=c)
+    peak = torch.cuda.max_memory_allocated() if cuda else -1
+    k = 0 if clock == "wall" else 1
+    return 1000 * (c.marks[1][k] - c.marks[0][k]) / steps, peak
+
+
+def machine() -> str:
+    dev = (f"{torch.cuda.get_device_name()} ({torch.version.cuda})" if torch.cuda.is_available() else "no GPU")
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+            f"{__import__('os').cpu_count()} cores; {dev}; torch {torch.__version__}; python "
+            f"{platform.python_version()}; {datetime.date.today().isoformat()}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profiles", nargs="+", default=["laptop", "paper"])
+    ap.add_argument("--shapes", nargs="*", help="shape labels to run (default: all; see --list)")
+    ap.add_argument("--methods", nargs="*", help="only rows of these methods (MLE always runs)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per run (default 20; --quick 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3; --quick 1)")
+    ap.add_argument("--quick", action="store_true", help="1 repeat of 3 steps")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
+                    help="auto: wall time on CUDA, process CPU time on CPU (robust to other load on a shared machine)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--list", action="store_true", help="print the shapes and rows, run nothing")
+    ap.add_argument("--time-only", action="store_true", help="skip the pass/FLOP/memory accounting (e.g. to time an "
+                    "older checkout of robust_core: PYTHONPATH=<checkout> python benchmarks/step_cost.py --time-only)")
+    ap.add_argument("--json", help="also write the rows here")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    steps = a.steps or (3 if a.quick else 20)
+    clock = a.clock if a.clock != "auto" else ("wall" if resolve_device(a.device).type == "cuda" else "cpu")
+    repeats = a.repeats or (1 if a.quick else 3)
+    shapes = shapes_from_profiles(a.profiles)
+    if a.shapes:
+        unknown = set(a.shapes) - {s.label for s in shapes}
+        if unknown:
+            print(f"error: unknown shape(s) {sorted(unknown)}; have {[s.label for s in shapes]}", file=sys.stderr)
+            return 2
+        shapes = [s for s in shapes if s.label in a.shapes]
+    if a.methods:
+        for s in shapes:
+            s.rows = {k: v for k, v in s.rows.items() if v["method"]["name"] in set(a.methods) | {"mle"}}
+    if a.list:
+        for s in shapes:
+            print(f"{s.label}: {s.dataset} {s.model} B={s.batch} U={s.unlabeled} {s.train}: {', '.join(s.rows)}")
+        return 0
+    out: list[dict[str, Any]] = []
+    print(f"# step_cost: {machine()}\n# steps {steps}, repeats {repeats}, clock {clock}\n")
+    for s in shapes:
+        data = synthetic_data(s)
+        none = {"fwd": 0, "jvp": 0, "bwd": 0, "units": 1, "flops": 1, "peak_bytes": -2**20}
+        acct = {lab: none if a.time_only else one_step_accounting(
+                    run_config(s, row, 1, 1, "cpu"), data.info, s.batch, s.unlabeled if row["ssl"] else 0,
+                    n_train=len(data.arrays.y_train))
+                for lab, row in s.rows.items()}
+        times: dict[str, list[float]] = {lab: [] for lab in s.rows}
+        peaks: dict[str, int] = {}
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            for lab, row in s.rows.items():
+                ms, peak = time_row(s, row, data, steps, a.device, clock)
+                times[lab].append(ms)
+                peaks[lab] = max(peaks.get(lab, -1), peak)
+        mle_ms, mle_units = statistics.median(times["mle"]), acct["mle"]["units"]
+        print(f"## {s.label}: {s.dataset} {s.model['name']} {s.model['params'] or ''} B={s.batch} U={s.unlabeled} "
+              f"{s.train} ({time.perf_counter() - t0:.0f} s)\n")
+        print("| method | passes/step: fwd + jvp + bwd examples | floor × MLE | FLOPs × MLE | ms/step | × MLE "
+              "| gap (× floor) | peak MiB |\n|---|---|---|---|---|---|---|---|")
+        for lab in s.rows:
+            ms = statistics.median(times[lab])
+            c = acct[lab]
+            floor = c["units"] / mle_units
+            peak = peaks[lab] if peaks[lab] >= 0 else c["peak_bytes"]
+            r = {"shape": s.label, "row": lab, "ms_per_step": ms, "x_mle": ms / mle_ms, "floor": floor,
+                 "gap": ms / mle_ms / floor, "peak_mib": peak / 2**20, "times_ms": times[lab], **c,
+                 "peak_source": "cuda" if peaks[lab] >= 0 else "fake-tensor accounting"}
+            out.append(r)
+            r["flops_x_mle"] = c["flops"] / acct["mle"]["flops"]
+            print(f"| {lab} | {c['fwd']} + {c['jvp']} + {c['bwd']} | {floor:.2f} | {r['flops_x_mle']:.2f} | {ms:.1f} "
+                  f"| {r['x_mle']:.2f} | {r['gap']:.2f} | {r['peak_mib']:.0f} |", flush=True)
+        print()
+    worst = max((r for r in out if r["row"] != "mle"), key=lambda r: r["gap"], default=None)
+    if worst:
+        print(f"furthest above its floor: {worst['row']} at {worst['shape']} ({worst['gap']:.2f} × its floor)")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"machine": machine(), "steps": steps, "repeats": repeats, "clock": clock,
+                                            "rows": out}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
