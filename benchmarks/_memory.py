@@ -125,7 +125,9 @@ def one_step_accounting(cfg, info, batch: int, unlabeled: int, n_train: int, ste
     with FakeTensorMode() if fake else nullcontext(), LiveBytes() as mem:
         model = build_model(cfg.model, info)
         if t.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
-            model.to(memory_format=torch.channels_last)
+            for p in model.parameters():  # what fit's model.to(memory_format=...) does (which fake tensors refuse)
+                if p.dim() == 4:
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
         model.head.register_forward_hook(on_head)
         method = build_method(cfg.method, model=model, info=info, n_train=n_train)
         aux = torch.nn.ModuleDict(method.modules())

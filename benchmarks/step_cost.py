@@ -65,7 +65,9 @@ def shapes_from_profiles(profiles: list[str]) -> list[Shape]:
     from pipelines.plan import make_plan
     from pipelines.spec import load_pipeline_spec
 
-    root = Path(__file__).resolve().parent.parent / "pipelines"
+    import pipelines
+
+    root = Path(pipelines.__file__).resolve().parent  # the checkout on the path (an older one when timing one)
     out: dict[tuple, Shape] = {}
     for prof in profiles:
         plan = make_plan(load_pipeline_spec(root / f"{prof}.yaml"), None)
@@ -96,22 +98,29 @@ def shapes_from_profiles(profiles: list[str]) -> list[Shape]:
     return shapes
 
 
-def synthetic_data(shape: Shape, seed: int = 0) -> PreparedData:
-    """Random 8-bit images of the dataset's shape and training-set size (per-example method parameters, e.g. xVAT's
-    transductive masks, are as large as in the real run): B·4 labeled, U·4 unlabeled, 1 validation example."""
-    import numpy as np
-
+def n_train(shape: Shape) -> int:
+    """The dataset's real training-set size (per-example method parameters, e.g. xVAT's transductive masks, are as
+    large as in the real run), at least what the synthetic splits need."""
     from pipelines.cost import TRAIN_SIZE
+
+    return max(TRAIN_SIZE.get(shape.dataset, 0), 4 * (shape.batch + shape.unlabeled) + 1)
+
+
+def synthetic_data(shape: Shape, seed: int = 0) -> dict[bool, PreparedData]:
+    """Random 8-bit images of the dataset's shape, ``n_train`` of them: B·4 labeled, 1 validation example, and for
+    the semi-supervised rows (key True) U·4 unlabeled (``fit`` feeds a method unlabeled batches whenever the split
+    has an unlabeled part, so the supervised rows (key False) get none)."""
+    import numpy as np
 
     info = DATASETS.get(shape.dataset).info
     nl, nu = 4 * shape.batch, 4 * shape.unlabeled
-    n = max(TRAIN_SIZE.get(shape.dataset, 0), nl + nu + 1)
+    n = n_train(shape)
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n, *info.shape), generator=g, dtype=torch.uint8).float().div_(255.0)
     y = torch.randint(0, info.num_classes, (n,), generator=g)
-    idx = np.arange(n)
-    splits = Splits(idx[:nl], idx[nl : nl + nu], idx[n - 1 :])
-    return PreparedData(info, Arrays(x, y, x[:1], y[:1]), splits)
+    arrays, idx = Arrays(x, y, x[:1], y[:1]), np.arange(n)
+    return {ssl: PreparedData(info, arrays, Splits(idx[:nl], idx[nl : nl + nu] if ssl else idx[:0], idx[n - 1 :]))
+            for ssl in (False, True)}
 
 
 def run_config(shape: Shape, row: dict[str, Any], steps: int, epochs: int, device: str):
@@ -156,6 +165,22 @@ def machine() -> str:
             f"{platform.python_version()}; {datetime.date.today().isoformat()}")
 
 
+def _f(v: float | None, digits: int = 2) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _value(text: str) -> Any:
+    """``--set`` values: true/false, numbers, else the string (so ``amp=off`` stays ``"off"``, not YAML's False)."""
+    if text in ("true", "false"):
+        return text == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profiles", nargs="+", default=["laptop", "paper"])
@@ -169,12 +194,21 @@ def main(argv=None) -> int:
                     help="auto: wall time on CUDA, process CPU time on CPU (robust to other load on a shared machine)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--list", action="store_true", help="print the shapes and rows, run nothing")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="train settings for every shape, e.g. amp=off channels_last=false (CPU: bf16 convs are slow)")
+    ap.add_argument("--account-only", action="store_true", help="no timing: passes, FLOPs and memory only (shapes "
+                    "too large to time on this machine)")
     ap.add_argument("--time-only", action="store_true", help="skip the pass/FLOP/memory accounting (e.g. to time an "
                     "older checkout of robust_core: PYTHONPATH=<checkout> python benchmarks/step_cost.py --time-only)")
     ap.add_argument("--json", help="also write the rows here")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    bad = [kv for kv in a.set if "=" not in kv]
+    if bad:
+        print(f"error: --set takes KEY=VALUE train settings (e.g. amp=off), got {bad}", file=sys.stderr)
+        return 2
+    overrides = {k: _value(v) for k, v in (kv.split("=", 1) for kv in a.set)}
     steps = a.steps or (3 if a.quick else 20)
     clock = a.clock if a.clock != "auto" else ("wall" if resolve_device(a.device).type == "cuda" else "cpu")
     repeats = a.repeats or (1 if a.quick else 3)
@@ -195,39 +229,42 @@ def main(argv=None) -> int:
     out: list[dict[str, Any]] = []
     print(f"# step_cost: {machine()}\n# steps {steps}, repeats {repeats}, clock {clock}\n")
     for s in shapes:
-        data = synthetic_data(s)
-        none = {"fwd": 0, "jvp": 0, "bwd": 0, "units": 1, "flops": 1, "peak_bytes": -2**20}
-        acct = {lab: none if a.time_only else one_step_accounting(
-                    run_config(s, row, 1, 1, "cpu"), data.info, s.batch, s.unlabeled if row["ssl"] else 0,
-                    n_train=len(data.arrays.y_train))
+        s.train.update(overrides)
+        data = None if a.account_only else synthetic_data(s)
+        acct = {lab: {} if a.time_only else one_step_accounting(
+                    run_config(s, row, 1, 1, "cpu"), DATASETS.get(s.dataset).info, s.batch,
+                    s.unlabeled if row["ssl"] else 0, n_train=n_train(s))
                 for lab, row in s.rows.items()}
         times: dict[str, list[float]] = {lab: [] for lab in s.rows}
-        peaks: dict[str, int] = {}
+        peaks: dict[str, int] = {lab: -1 for lab in s.rows}
         t0 = time.perf_counter()
-        for _ in range(repeats):
+        for _ in range(0 if a.account_only else repeats):
             for lab, row in s.rows.items():
-                ms, peak = time_row(s, row, data, steps, a.device, clock)
+                ms, peak = time_row(s, row, data[row["ssl"]], steps, a.device, clock)
                 times[lab].append(ms)
-                peaks[lab] = max(peaks.get(lab, -1), peak)
-        mle_ms, mle_units = statistics.median(times["mle"]), acct["mle"]["units"]
+                peaks[lab] = max(peaks[lab], peak)
         print(f"## {s.label}: {s.dataset} {s.model['name']} {s.model['params'] or ''} B={s.batch} U={s.unlabeled} "
               f"{s.train} ({time.perf_counter() - t0:.0f} s)\n")
         print("| method | passes/step: fwd + jvp + bwd examples | floor × MLE | FLOPs × MLE | ms/step | × MLE "
               "| gap (× floor) | peak MiB |\n|---|---|---|---|---|---|---|---|")
+        mle = {"ms": statistics.median(times["mle"]) if times["mle"] else None, **acct["mle"]}
         for lab in s.rows:
-            ms = statistics.median(times[lab])
             c = acct[lab]
-            floor = c["units"] / mle_units
-            peak = peaks[lab] if peaks[lab] >= 0 else c["peak_bytes"]
-            r = {"shape": s.label, "row": lab, "ms_per_step": ms, "x_mle": ms / mle_ms, "floor": floor,
-                 "gap": ms / mle_ms / floor, "peak_mib": peak / 2**20, "times_ms": times[lab], **c,
-                 "peak_source": "cuda" if peaks[lab] >= 0 else "fake-tensor accounting"}
+            r: dict[str, Any] = {"shape": s.label, "row": lab, "times_ms": times[lab], **c}
+            r["ms_per_step"] = statistics.median(times[lab]) if times[lab] else None
+            r["x_mle"] = r["ms_per_step"] / mle["ms"] if mle["ms"] else None
+            r["floor"] = c["units"] / mle["units"] if c else None
+            r["flops_x_mle"] = c["flops"] / mle["flops"] if c else None
+            r["gap"] = r["x_mle"] / r["floor"] if r["x_mle"] and r["floor"] else None
+            peak = peaks[lab] if peaks[lab] >= 0 else c.get("peak_bytes")
+            r["peak_mib"] = peak / 2**20 if peak is not None else None
+            r["peak_source"] = "cuda max_memory_allocated" if peaks[lab] >= 0 else "fake-tensor accounting"
             out.append(r)
-            r["flops_x_mle"] = c["flops"] / acct["mle"]["flops"]
-            print(f"| {lab} | {c['fwd']} + {c['jvp']} + {c['bwd']} | {floor:.2f} | {r['flops_x_mle']:.2f} | {ms:.1f} "
-                  f"| {r['x_mle']:.2f} | {r['gap']:.2f} | {r['peak_mib']:.0f} |", flush=True)
+            passes = f"{c['fwd']} + {c['jvp']} + {c['bwd']}" if c else "—"
+            print(f"| {lab} | {passes} | {_f(r['floor'])} | {_f(r['flops_x_mle'])} | {_f(r['ms_per_step'], 1)} "
+                  f"| {_f(r['x_mle'])} | {_f(r['gap'])} | {_f(r['peak_mib'], 0)} |", flush=True)
         print()
-    worst = max((r for r in out if r["row"] != "mle"), key=lambda r: r["gap"], default=None)
+    worst = max((r for r in out if r["row"] != "mle" and r["gap"]), key=lambda r: r["gap"], default=None)
     if worst:
         print(f"furthest above its floor: {worst['row']} at {worst['shape']} ({worst['gap']:.2f} × its floor)")
     if a.json:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _memory import one_step_accounting  # noqa: E402
-from step_cost import machine, run_config, shapes_from_profiles  # noqa: E402
+from step_cost import machine, n_train, run_config, shapes_from_profiles  # noqa: E402
 
 from robust_core.registry import DATASETS  # noqa: E402
 
@@ -37,8 +37,6 @@ def main(argv=None) -> int:
     ap.add_argument("--context-gib", type=float, default=0.5)
     ap.add_argument("--margin", type=float, default=0.3)
     a = ap.parse_args(argv)
-    from pipelines.cost import TRAIN_SIZE
-
     print(f"# trial_memory: profile {a.profile}; {machine()}\n# need = (peak + {a.context_gib} GiB) × "
           f"{1 + a.margin:g}; share of a {a.gpu_gib:g} GiB GPU\n")
     print("| shape | method | params+grads+opt MiB | peak MiB | need GiB | mem share | trials/GPU by memory |\n"
@@ -46,11 +44,10 @@ def main(argv=None) -> int:
     worst: dict[str, float] = {}
     for s in shapes_from_profiles([a.profile]):
         info = DATASETS.get(s.dataset).info
-        n_train = TRAIN_SIZE.get(s.dataset, 50000)
         for lab, row in s.rows.items():
             t0 = time.perf_counter()
             cfg = run_config(s, row, 1, 1, "cpu")
-            c = one_step_accounting(cfg, info, s.batch, s.unlabeled if row["ssl"] else 0, n_train=n_train)
+            c = one_step_accounting(cfg, info, s.batch, s.unlabeled if row["ssl"] else 0, n_train=n_train(s))
             need = (c["peak_bytes"] / 2**30 + a.context_gib) * (1 + a.margin)
             share = need / a.gpu_gib
             worst[s.label] = max(worst.get(s.label, 0.0), share)

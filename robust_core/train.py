@@ -247,6 +247,8 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
         model.to(memory_format=torch.channels_last)
     method = build_method(cfg.method, model=model, info=data.info, n_train=len(data.arrays.y_train))
     aux = nn.ModuleDict(method.modules()).to(dev)
+    if nhwc:  # a method's own conv nets (e.g. xVAT's mask generator) see the same NHWC batches
+        aux.to(memory_format=torch.channels_last)
 
     store = place_images(data.arrays.x_train, data.arrays.y_train, dev, t.data_placement, t.data_dtype, nhwc)
     sdev = store.x.device  # where indices are drawn and batches gathered (the training device when resident)
