@@ -181,6 +181,24 @@ def _value(text: str) -> Any:
     return text
 
 
+def compare(pairs: list[list[str]]) -> int:
+    """Before/after ms/step per (shape, row), pooling the repeats of every file of each side; ratio to MLE of each."""
+    sides: list[dict[tuple[str, str], list[float]]] = [{}, {}]
+    for pair in pairs:
+        for side, path in zip(sides, pair):
+            for r in json.loads(Path(path).read_text())["rows"]:
+                side.setdefault((r["shape"], r["row"]), []).extend(r["times_ms"])
+    med = [{k: statistics.median(v) for k, v in side.items()} for side in sides]
+    print("| shape | method | before ms/step | × MLE | after ms/step | × MLE | after / before |\n|---|---|---|---|---|---|---|")
+    for key in med[1]:
+        if key not in med[0]:
+            continue
+        b, f = med[0][key], med[1][key]
+        mb, mf = med[0][(key[0], "mle")], med[1][(key[0], "mle")]
+        print(f"| {key[0]} | {key[1]} | {b:.1f} | {b / mb:.2f} | {f:.1f} | {f / mf:.2f} | {f / b:.2f} |")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profiles", nargs="+", default=["laptop", "paper"])
@@ -201,7 +219,12 @@ def main(argv=None) -> int:
     ap.add_argument("--time-only", action="store_true", help="skip the pass/FLOP/memory accounting (e.g. to time an "
                     "older checkout of robust_core: PYTHONPATH=<checkout> python benchmarks/step_cost.py --time-only)")
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--compare", nargs=2, action="append", metavar=("BEFORE", "AFTER"),
+                    help="print a before/after table of ms/step from --json files (repeatable: runs interleaved in "
+                         "time are pooled, median per row)")
     a = ap.parse_args(argv)
+    if a.compare:
+        return compare(a.compare)
     if a.threads:
         torch.set_num_threads(a.threads)
     bad = [kv for kv in a.set if "=" not in kv]
@@ -227,7 +250,8 @@ def main(argv=None) -> int:
             print(f"{s.label}: {s.dataset} {s.model} B={s.batch} U={s.unlabeled} {s.train}: {', '.join(s.rows)}")
         return 0
     out: list[dict[str, Any]] = []
-    print(f"# step_cost: {machine()}\n# steps {steps}, repeats {repeats}, clock {clock}\n")
+    timing = "no timing (--account-only)" if a.account_only else f"steps {steps}, repeats {repeats}, clock {clock}"
+    print(f"# step_cost: {machine()}\n# {timing}; train settings {overrides or 'as the profiles'}\n")
     for s in shapes:
         s.train.update(overrides)
         data = None if a.account_only else synthetic_data(s)

@@ -15,7 +15,6 @@ pinned host memory and each batch is copied asynchronously; index sampling then 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -64,10 +63,6 @@ class ImageStore:
     def resident(self) -> bool:
         return self.x.device == self.device
 
-    @property
-    def nbytes(self) -> int:
-        return self.x.nbytes + self.y.nbytes
-
     def to_device(self, t: Tensor) -> Tensor:
         if self.resident:
             return t
@@ -86,11 +81,6 @@ class ImageStore:
 
     def labels(self, idx: Tensor) -> Tensor:
         return self.to_device(self.y[idx])
-
-    def state(self) -> dict[str, Any]:
-        """What was decided (for logs and the benchmark): device, dtype, resident, bytes."""
-        return {"device": str(self.x.device), "dtype": str(self.x.dtype).removeprefix("torch."),
-                "resident": self.resident, "bytes": self.nbytes}
 
 
 def place_images(x: Tensor, y: Tensor, device: torch.device, placement: str = "auto", dtype: str = "auto",
@@ -121,7 +111,8 @@ def place_images(x: Tensor, y: Tensor, device: torch.device, placement: str = "a
         free, _ = torch.cuda.mem_get_info(device) if device.type == "cuda" else (float("inf"), None)
         resident = stored.nbytes + y.nbytes <= RESIDENT_FRACTION * free
     if resident:
-        return ImageStore(stored.to(device), y.to(device), device, channels_last)
+        x_dev = stored.to(device)
+        return ImageStore(x_dev, y.to(device), x_dev.device, channels_last)  # cuda -> cuda:0: compare like with like
     if device.type == "cuda":
         stored, y = stored.pin_memory(), y.pin_memory()
     return ImageStore(stored, y, device, channels_last)
