@@ -141,7 +141,8 @@ def one_step_accounting(cfg, info, batch: int, unlabeled: int, n_train: int, ste
                 b.uidx = torch.arange(batch, batch + unlabeled)
             with flops if step == 0 else nullcontext():
                 with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-                    out = method.loss(model, b, StepContext(0, step, 1, steps, n_train))
+                    # epoch index 1: the epoch step_cost.py times (warm-ups such as FAT's λ = 0 in epoch 0 are over)
+                    out = method.loss(model, b, StepContext(1, steps + step, 2, steps, n_train))
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
             opt.step()

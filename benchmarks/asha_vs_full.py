@@ -115,6 +115,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rf", type=float, default=3)
     ap.add_argument("--replay", action="store_true", help="also replay ASHA on the full sweeps' curves (grid)")
     ap.add_argument("--orders", type=int, default=200, help="random trial orders per full sweep in the replay")
+    ap.add_argument("--full-from", nargs="*", help="reuse the full-budget sweeps of earlier --json files (same "
+                    "sweep, seed and trial count: training is deterministic, so they would repeat exactly)")
     ap.add_argument("--from-json", nargs="*", help="skip the sweeps: reuse the rows of earlier --json files "
                     "(e.g. to replay with other settings)")
     ap.add_argument("--out", help="folder for Ray results and the MLflow store (default: a new temporary folder)")
@@ -122,6 +124,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     rows = [r for f in a.from_json or [] for r in json.loads(Path(f).read_text())]
     out = None if a.from_json else Path(a.out or tempfile.mkdtemp(prefix="asha-vs-full-")).resolve()
+    reused = {r["full"]["name"]: r["full"] for f in a.full_from or [] for r in json.loads(Path(f).read_text())}
     try:
         for prefix in [] if a.from_json else a.sweeps:
             raw = laptop_sweep(prefix)
@@ -129,7 +132,7 @@ def main(argv=None) -> int:
                 tag = f"{prefix}-s{seed}-n{a.trials}"
                 asha = run_one(raw, f"{tag}-asha-g{a.grace}-rf{a.rf:g}", a.trials, seed,
                                {"type": "asha", "grace_period": a.grace, "reduction_factor": a.rf}, out)
-                full = run_one(raw, f"{tag}-full", a.trials, seed, {"type": "none"}, out)
+                full = reused.get(f"{tag}-full") or run_one(raw, f"{tag}-full", a.trials, seed, {"type": "none"}, out)
                 rows.append({"sweep": prefix, "seed": seed, "asha": asha, "full": full})
                 print(f"{prefix} seed {seed}: ASHA best {asha['best']:.4f} in {asha['epochs']} epochs; full best "
                       f"{full['best']:.4f} in {full['epochs']} epochs ({asha['wall_s']:.0f} s, {full['wall_s']:.0f} s)",
