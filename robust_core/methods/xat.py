@@ -30,8 +30,11 @@ Modes:
 Both are returned by ``modules()`` (key ``mask``): the loop optimises, checkpoints and resumes them.
 
 Learning rate of the mask: the loop has one optimiser and one learning rate, so the table stores θ = log α / s with
-s = ``mask_lr_scale``: under Adam (scale-invariant) log α then moves s times the classifier's learning rate per step
-(the paper uses 1e-5 for the masks vs 1e-3 for the network: s = 0.01). The generator's output is multiplied by s too.
+s = ``mask_lr_scale``: under Adam (scale-invariant) log α then moves s times the classifier's learning rate per step.
+The generator's output is multiplied by s too. The poster (``../shared/papers/xat-xvat-poster.txt``) states no
+learning rates; s = 0.01 is our choice and is searched (``sweeps/spaces/xat.yaml``). (The authors' repository README,
+sndnyang/xvat, shows ``--lr=0.001 --lr-a=0.000001`` in its supervised MNIST command, i.e. s = 1e-3; not checked
+against their other runs.)
 
 BatchNorm: the clean pass updates running statistics; the pass at x ⊙ z leaves them untouched (``frozen_bn_stats``,
 the authors' ``update_batch_stats=False``). The model's train/eval mode is not changed.
