@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _memory import one_step_accounting  # noqa: E402
+from _memory import accounting_or_empty  # noqa: E402
 
 from robust_core.config import build_run_config  # noqa: E402
 from robust_core.data import Arrays, PreparedData, Splits  # noqa: E402
@@ -101,9 +101,7 @@ def shapes_from_profiles(profiles: list[str]) -> list[Shape]:
 def n_train(shape: Shape) -> int:
     """The dataset's real training-set size (per-example method parameters, e.g. xVAT's transductive masks, are as
     large as in the real run), at least what the synthetic splits need."""
-    from pipelines.cost import TRAIN_SIZE
-
-    return max(TRAIN_SIZE.get(shape.dataset, 0), 4 * (shape.batch + shape.unlabeled) + 1)
+    return max(DATASETS.get(shape.dataset).train_size, 4 * (shape.batch + shape.unlabeled) + 1)
 
 
 def synthetic_data(shape: Shape, seed: int = 0) -> dict[bool, PreparedData]:
@@ -255,7 +253,7 @@ def main(argv=None) -> int:
     for s in shapes:
         s.train.update(overrides)
         data = None if a.account_only else synthetic_data(s)
-        acct = {lab: {} if a.time_only else one_step_accounting(
+        acct = {lab: {} if a.time_only else accounting_or_empty(
                     run_config(s, row, 1, 1, "cpu"), DATASETS.get(s.dataset).info, s.batch,
                     s.unlabeled if row["ssl"] else 0, n_train=n_train(s))
                 for lab, row in s.rows.items()}

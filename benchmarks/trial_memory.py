@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _memory import one_step_accounting  # noqa: E402
+from _memory import accounting_or_empty  # noqa: E402
 from step_cost import machine, n_train, run_config, shapes_from_profiles  # noqa: E402
 
 from robust_core.registry import DATASETS  # noqa: E402
@@ -47,7 +47,10 @@ def main(argv=None) -> int:
         for lab, row in s.rows.items():
             t0 = time.perf_counter()
             cfg = run_config(s, row, 1, 1, "cpu")
-            c = one_step_accounting(cfg, info, s.batch, s.unlabeled if row["ssl"] else 0, n_train=n_train(s))
+            c = accounting_or_empty(cfg, info, s.batch, s.unlabeled if row["ssl"] else 0, n_train=n_train(s))
+            if not c:
+                print(f"| {s.label} ({s.dataset} B={s.batch}) | {lab} | — | — | — | — | — |", flush=True)
+                continue
             need = (c["peak_bytes"] / 2**30 + a.context_gib) * (1 + a.margin)
             share = need / a.gpu_gib
             worst[s.label] = max(worst.get(s.label, 0.0), share)

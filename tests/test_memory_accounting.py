@@ -38,3 +38,12 @@ def test_pass_counts_and_fake_accounting_match_a_real_step(mnist5k_info):
     assert mle["peak_bytes"] > mle["state_bytes"]
     real = one_step_accounting(cfg, mnist5k_info, batch=8, unlabeled=0, n_train=100, fake=False)
     assert {k: real[k] for k in c} == c  # fake tensors account exactly what a real step allocates
+
+
+def test_step_cost_reads_shapes_and_training_set_sizes_from_the_profiles():
+    from step_cost import n_train, shapes_from_profiles
+
+    shapes = {s.label: s for s in shapes_from_profiles(["laptop"])}
+    s = shapes["laptop-mlp"]
+    assert (s.dataset, s.batch, s.unlabeled) == ("mnist5k", 64, 128) and "mle" in s.rows and "vat ssl" in s.rows
+    assert n_train(s) == 4000  # mnist5k's training set: per-example method parameters at their real size
