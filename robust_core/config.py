@@ -172,6 +172,17 @@ class TrainConfig(Strict):
     deterministic: bool = True
     eval_batch_size: int = Field(1000, ge=1)
     robust_val: RobustValConfig | None = None  # also report val_robust_acc (robust selection); None: not computed
+    # Execution only (results equal up to float rounding; data_placement and data_dtype: bit-identical):
+    # where the training set lives: on the training device (batches gathered and indices drawn there: no copy and
+    # no wait per step), in host memory (pinned; each batch copied over), or auto = the device when the set takes at
+    # most a quarter of its free memory (always on CPU). See robust_core/data/placement.py.
+    data_placement: Literal["auto", "device", "host"] = "auto"
+    # storage dtype of the images: uint8 (4x smaller; each batch converted to the exact float32 values in [0, 1]),
+    # float32, or auto = uint8 for 8-bit image data on CUDA, float32 elsewhere (on CPU a copy would add memory)
+    data_dtype: Literal["auto", "uint8", "float32"] = "auto"
+    channels_last: bool = False  # NHWC memory layout for the model's 2-D convolutions and their inputs (CUDA: faster
+    #                              convs, with amp especially); no effect on models without 2-D convolutions
+    compile: bool = False  # torch.compile the classifier the method calls (inductor; compiles once per mode/shape)
 
 
 class RunConfig(Strict):

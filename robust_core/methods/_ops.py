@@ -109,16 +109,20 @@ def vat_direction(
     how: Direction = "exact",
     xi: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit-L2 (per example) approximation of the most KL-sensitive direction at x, and the clean logits."""
+    """Unit-L2 (per example) approximation of the most KL-sensitive direction at x, and the clean logits.
+
+    Computed in float32 (the input's dtype) even inside a bf16/fp16 autocast region: the power iteration's passes
+    run with autocast off, so mixed-precision training changes the cost of these passes, not the direction."""
     from contextlib import nullcontext
 
     from robust_core.modes import frozen_bn_stats
 
     d = l2_normalize(torch.randn_like(x))
     clean = None
-    for k in range(power_iterations):
-        # each step repeats the clean pass: only the first may update BN running statistics (once per batch)
-        with frozen_bn_stats(model) if k else nullcontext():
-            hd, clean = kl_hessian_direction(model, x, d, how, xi)
-        d = l2_normalize(hd)
+    with torch.autocast(x.device.type, enabled=False):
+        for k in range(power_iterations):
+            # each step repeats the clean pass: only the first may update BN running statistics (once per batch)
+            with frozen_bn_stats(model) if k else nullcontext():
+                hd, clean = kl_hessian_direction(model, x, d, how, xi)
+            d = l2_normalize(hd)
     return d, clean
