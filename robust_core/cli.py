@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from robust_core.config import ConfigError
+from robust_core.errors import InputError
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, LookupError) as e:  # missing model/data files, unknown sweep or run
+    except (InputError, FileNotFoundError, LookupError) as e:  # bad or missing files, unknown sweep or run
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
