@@ -22,6 +22,9 @@ class Reporter:
         """A checkpoint state to resume from, or None."""
         return None
 
+    def resumed(self, state: dict[str, Any]) -> None:
+        """Told the checkpoint ``fit`` resumes from (found by another reporter), e.g. to log its restored history."""
+
     def report(self, metrics: Mapping[str, Any], state: StateFn) -> None:
         """Called once per epoch; ``state()`` builds the full checkpoint (only call it if you save)."""
 
@@ -78,10 +81,19 @@ class CheckpointDir(Reporter):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._loaded: dict[str, Any] | None = None
 
     def restore(self):
+        if self._loaded is not None:
+            state, self._loaded = self._loaded, None
+            return state
         f = self.path / CHECKPOINT_FILE
         return load_state(f) if f.is_file() else None
+
+    def load(self) -> dict[str, Any] | None:
+        """Read the checkpoint now (kept for the next ``restore``): a bad file fails before anything starts."""
+        self._loaded = self.restore()
+        return self._loaded
 
     def report(self, metrics, state):
         save_state_atomic(state(), self.path / CHECKPOINT_FILE)
@@ -109,7 +121,7 @@ def _fmt(v: Any) -> str:
 
 
 class Many(Reporter):
-    """Fan out to several reporters; resumes from the first that has a checkpoint."""
+    """Fan out to several reporters; resumes from the first that has a checkpoint, and tells every reporter so."""
 
     def __init__(self, *reporters: Reporter | None) -> None:
         self.reporters = [r for r in reporters if r is not None]
@@ -118,8 +130,13 @@ class Many(Reporter):
         for r in self.reporters:
             s = r.restore()
             if s is not None:
+                self.resumed(s)
                 return s
         return None
+
+    def resumed(self, state):
+        for r in self.reporters:
+            r.resumed(state)
 
     def report(self, metrics, state):
         cache: dict[str, Any] = {}

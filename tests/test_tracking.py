@@ -67,6 +67,7 @@ def test_reporter_logs_each_epoch_once_and_closes(store, tmp_path):
     rep = tracking.MLflowReporter(uri, rid)
     for e, acc in ((1, 0.5), (2, 0.7)):
         rep.report({"epoch": e, "val_acc": acc, "train_loss": 1.0 / e, "note": "text"}, lambda: {})
+    assert rep.flush()  # sent in the background; an earlier attempt's process has ended before a resume starts
     # a resumed trial (new process) repeats epoch 2 from its checkpoint: not logged twice
     rep2 = tracking.MLflowReporter(uri, rid)
     for e, acc in ((2, 0.7), (3, 0.6)):
@@ -96,6 +97,7 @@ def _writer(uri: str, run_id: str, worker: int) -> None:
     rep = tracking.MLflowReporter(uri, run_id)
     for step in range(1, N_STEPS + 1):
         rep.report({"epoch": step, "val_acc": worker + step / 1000, "train_loss": float(step), "lr": 0.1}, dict)
+    assert rep.flush()
 
 
 def test_concurrent_writers_lose_no_metric(store):
@@ -133,8 +135,7 @@ def test_local_server_serves_runs_and_artifacts(tmp_path):
         got = tracking.find_runs(uri, "srv", "tags.`robust_sweep.kind` = 'trial'")
         assert [r.info.run_id for r in got] == [run] and got[0].data.metrics["val_acc"] == 0.5
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        tracking.stop_local_server(proc)
     # the same store read directly from SQLite, without the server
     direct = tracking.find_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "srv")
     assert [r.info.run_id for r in direct] == [run] and direct[0].info.status == "FINISHED"
