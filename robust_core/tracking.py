@@ -252,8 +252,8 @@ class MLflowReporter(Reporter):
 
     ``run_id``: an existing run; or ``open_run``: a function returning the run id, called by the background thread
     (so even creating the run does not wait for the server). Non-numeric final values (fingerprints) become tags
-    ``robust_sweep.<key>``. A resumed run also gets the metric ``resumed_from_epoch`` (step = value = the epoch of
-    the checkpoint it continued from).
+    ``robust_sweep.<key>``. Every attempt after the first adds a point to the metric ``resumed_from_epoch`` (step =
+    value = the epoch of the checkpoint it continued from; 0 when it had to start over).
     """
 
     def __init__(self, uri: str, run_id: str | None = None, step_key: str = "epoch", *,
@@ -268,6 +268,7 @@ class MLflowReporter(Reporter):
         self._best = -math.inf
         self._start_ms = 0  # the run's start time (read with the logged epochs)
         self._train_s = 0.0  # training time up to the last epoch seen (sum of epoch_time_s): timestamps
+        self._first = True  # the first epoch to send: tells a resumed attempt from one that started over
         self._error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="mlflow-reporter", daemon=True)
@@ -283,17 +284,18 @@ class MLflowReporter(Reporter):
     def resumed(self, state):
         self._train_s = 0.0
         for h in state.get("history", []):
-            self._queue_epoch(h)
+            self._queue_epoch(h, restored=True)
         epoch = int(state.get("epoch", 0))
         self._queue.put(("metrics", ({"resumed_from_epoch": float(epoch)}, epoch, _now_ms())))
 
-    def _queue_epoch(self, metrics: Mapping[str, Any]) -> None:
+    def _queue_epoch(self, metrics: Mapping[str, Any], restored: bool = False) -> None:
         self._epoch_keys |= set(metrics)
         elapsed = None
         if "epoch_time_s" in metrics:
             self._train_s += float(metrics["epoch_time_s"])
             elapsed = self._train_s
-        self._queue.put(("epoch", (int(metrics.get(self.step_key, 0)), dict(metrics), _now_ms(), elapsed)))
+        self._queue.put(("epoch", (int(metrics.get(self.step_key, 0)), dict(metrics), _now_ms(), elapsed,
+                                   restored)))
 
     def close(self, final):
         final = dict(final)
@@ -381,7 +383,10 @@ class MLflowReporter(Reporter):
             self._start_ms = c.get_run(self.run_id).info.start_time
             self._logged, self._best = logged_epochs(self.uri, self.run_id)
         if kind == "epoch":
-            step, metrics, wall_ms, elapsed = payload
+            step, metrics, wall_ms, elapsed, restored = payload
+            if self._first and not restored and step in self._logged:  # an attempt that started over: say so
+                c.log_batch(self.run_id, metrics=[Metric("resumed_from_epoch", float(step - 1), wall_ms, step - 1)])
+            self._first = False
             if step in self._logged:
                 return
             ts = _epoch_ts(self._start_ms, elapsed, wall_ms)

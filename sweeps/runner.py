@@ -35,7 +35,7 @@ from typing import Any, Callable, Literal
 
 from robust_core import tracking
 from robust_core.config import dump_yaml
-from robust_core.errors import InputError, TrainingDiverged
+from robust_core.errors import BadFileError, InputError, TrainingDiverged
 from robust_core.reporting import CHECKPOINT_FILE, Many, Reporter, load_state, save_state_atomic
 from sweeps.spec import SweepConfig
 
@@ -47,8 +47,15 @@ RAY_CONNECT_TIMEOUT_S = 20.0  # how long RAY_ADDRESS may take to accept a connec
 
 
 class TuneReporter(Reporter):
-    """Per-epoch ``tune.report`` with a checkpoint; resumes from the checkpoint Tune hands back after a failure.
-    ``last``: the last epoch's metrics (reported or restored)."""
+    """Per-epoch ``tune.report`` with a checkpoint; resumes from the trial's newest complete checkpoint after a
+    failure. ``last``: the last epoch's metrics (reported or restored).
+
+    Tune hands back the checkpoint it had registered, which can be behind what the trial saved: Tune registers a
+    checkpoint only after the driver processed its report (a node lost in between: the first epoch's checkpoint may
+    not be registered at all), and a resumed sweep knows the checkpoints of its last saved experiment state (a driver
+    killed after more epochs). The trial's storage folder still holds the newer ``checkpoint_*``: restoring from the
+    one with the highest epoch that loads means no completed epoch is trained again (a half-written one does not load
+    and is skipped)."""
 
     def __init__(self) -> None:
         self.last: dict[str, Any] = {}
@@ -57,10 +64,19 @@ class TuneReporter(Reporter):
         from ray import tune
 
         ckpt = tune.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return load_state(Path(d) / CHECKPOINT_FILE)
+        best = None
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                best = load_state(Path(d) / CHECKPOINT_FILE)
+        for other in _trial_checkpoints(ckpt):
+            try:
+                with other.as_directory() as d:
+                    state = load_state(Path(d) / CHECKPOINT_FILE)
+            except (BadFileError, OSError):
+                continue
+            if best is None or int(state.get("epoch", 0)) > int(best.get("epoch", 0)):
+                best = state
+        return best
 
     def resumed(self, state):
         self.last = dict(state["history"][-1]) if state.get("history") else {}
@@ -73,6 +89,32 @@ class TuneReporter(Reporter):
             save_state_atomic(state(), Path(d) / CHECKPOINT_FILE)
             # persisted to the experiment storage before report returns, so the folder can go afterwards
             tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _trial_checkpoints(registered) -> list:
+    """The other ``checkpoint_*`` folders of this trial on its storage (beside the registered checkpoint, or in the
+    trial folder Tune's session knows when none is registered)."""
+    import pyarrow.fs
+    from ray import tune
+
+    if registered is not None:
+        fs, folder = registered.filesystem, registered.path.rstrip("/").rsplit("/", 1)[0]
+    else:
+        try:
+            from ray.train._internal.session import get_session
+
+            storage = get_session().storage
+            fs, folder = storage.storage_filesystem, storage.trial_fs_path
+        except (AttributeError, RuntimeError):  # Ray's internals moved: resume from what Tune handed back
+            return []
+    own = registered.path.rstrip("/") if registered is not None else None
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+    except OSError:
+        return []
+    return [tune.Checkpoint(i.path, filesystem=fs) for i in infos
+            if i.type == pyarrow.fs.FileType.Directory and re.fullmatch(r"checkpoint_\d+", i.base_name)
+            and i.path.rstrip("/") != own]
 
 
 def _pruned_aware_searcher_cls():
@@ -192,10 +234,10 @@ def make_trainable(cfg: SweepConfig, uri: str, experiment_id: str, parent_run_id
             run_id, created = tracking.find_or_start_run(
                 uri, experiment_id, trial_id, trial_tags(cfg, trial_id),
                 key_tags=[f"{TAG}.sweep", f"{TAG}.trial_id"], parent_run_id=parent_run_id)
-            if created:
-                tracking.log_params(uri, run_id, run_cfg.flat())
-                tracking.log_artifact_text(uri, run_id, "config.yaml", dump_yaml(run_cfg))
-            else:  # a retry after a failure or a driver restart: same run, history continues
+            # idempotent, so a call cut off by an outage can simply be repeated: params already there are skipped
+            tracking.log_params(uri, run_id, run_cfg.flat())
+            tracking.log_artifact_text(uri, run_id, "config.yaml", dump_yaml(run_cfg))
+            if not created:  # a retry after a failure or a driver restart: same run, history continues
                 tracking.set_status(uri, run_id, "RUNNING")
             return run_id
 
@@ -272,7 +314,10 @@ def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) ->
     head started on loopback only (``ray start --head --node-ip-address 127.0.0.1``) is never found and
     ``ray.init`` retries forever. For a loopback address this sets ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (Ray
     then keeps loopback addresses) when Ray is not imported yet, as in every entry point of this package."""
-    m = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address.strip())
+    if address.startswith(("http://", "https://")):
+        raise InputError(f"RAY_ADDRESS={address} is a dashboard (job server) URL; a driver needs the head's HOST:PORT "
+                         "(e.g. 10.0.0.5:6379), or submit with: ray job submit --address " + address)
+    m = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)", address.strip())
     if m is None:
         raise InputError(f"RAY_ADDRESS={address!r} is not HOST:PORT (e.g. 10.0.0.5:6379); fix it, or unset "
                          "RAY_ADDRESS to run on this machine")
@@ -633,6 +678,11 @@ def finalize(cfg: SweepConfig, results, uri: str, experiment_id: str, parent: st
     for trial_id, run in children.items():
         if trial_id not in seen:  # started by a driver killed before Tune saved it; Tune proposed it again
             _detach_orphan(uri, run, parent)
+    missing = max(0, cfg.num_trials - len(results))  # never a silently smaller sweep
+    if missing:
+        n_errored += missing
+        tracking.set_tags(uri, parent, {f"{TAG}.error": f"Tune ran {len(results)} of the {cfg.num_trials} planned "
+                                                        "trials; start the sweep over under a new name"})
     best: dict[str, Any] = {}
     if candidates:
         full = [c for c in candidates if c[0]] or candidates

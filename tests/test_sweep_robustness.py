@@ -247,6 +247,9 @@ def test_unreachable_ray_address_is_an_input_error_not_a_hang(tmp_path, monkeypa
     monkeypatch.setenv("RAY_ADDRESS", "not-an-address")
     assert main(["sweep", str(tmp_path / "s.yaml")]) == 2
     assert "is not HOST:PORT" in capsys.readouterr().err
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    assert main(["sweep", str(tmp_path / "s.yaml")]) == 2
+    assert "is a dashboard (job server) URL" in capsys.readouterr().err
 
 
 def test_bad_sweep_files_and_values_exit_2_naming_them(tmp_path, capsys):
