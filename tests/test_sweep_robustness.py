@@ -4,7 +4,6 @@ the entry points for bad input. The same paths under real faults: ``tests/test_f
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import time
 
@@ -13,21 +12,6 @@ import pytest
 from robust_core import tracking
 from robust_core.cli import main
 from robust_core.errors import InputError
-
-
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory):
-    db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    tracking.prepare_store(f"sqlite:///{db}", "template")
-    return db
-
-
-@pytest.fixture
-def store(tmp_path, template_db):
-    (tmp_path / "db").mkdir()
-    shutil.copy(template_db, tmp_path / "db" / "mlflow.db")
-    uri = f"sqlite:///{tmp_path}/db/mlflow.db"
-    return uri, tracking.prepare_store(uri, "exp")
 
 
 def _epoch(e: int) -> dict:

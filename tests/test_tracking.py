@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import shutil
 import subprocess
 import sys
 
@@ -18,22 +17,6 @@ def test_imports_without_mlflow_or_ray():
             "bad = [m for m in ('mlflow', 'ray') if m in sys.modules]; assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-
-
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory):
-    """A store with the schema created once (creating it takes ~10 s); each test gets its own copy."""
-    db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    tracking.prepare_store(f"sqlite:///{db}", "template")
-    return db
-
-
-@pytest.fixture
-def store(tmp_path, template_db):
-    (tmp_path / "db").mkdir()
-    shutil.copy(template_db, tmp_path / "db" / "mlflow.db")
-    uri = f"sqlite:///{tmp_path}/db/mlflow.db"
-    return uri, tracking.prepare_store(uri, "exp")
 
 
 def test_prepare_store_is_idempotent_and_artifacts_absolute(store, tmp_path):
