@@ -45,6 +45,25 @@ TIME_ATTR = "epoch"  # ASHA's clock: epochs, so decisions do not depend on hardw
 
 RAY_CONNECT_TIMEOUT_S = 20.0  # how long RAY_ADDRESS may take to accept a connection before it is an input error
 
+TEST_GATES_ENV = "ROBUST_SWEEP_TEST_GATES"  # test-only fault injection (``fault_gate``); unset in real use
+
+
+def fault_gate(folder: str | None, point: str, who: str) -> None:
+    """Test-only fault-injection hook, so that ``tests/test_faults.py`` can kill or cut off a driver or trial at a
+    known point whatever the machine's speed (no race between training and the test's poller). A no-op unless the
+    environment variable ``ROBUST_SWEEP_TEST_GATES`` names a folder when the driver starts (it travels to the trials
+    in the trainable's closure). Then, at each point, the process writes ``at.<point>.<who>`` there and waits while
+    ``hold.<point>`` exists and ``release.<who>`` does not: the test creates the hold files before the sweep and
+    removes them (or releases one trial) when it is done. Points: ``driver-fit`` (Tune wrote ``tuner.pkl``, before
+    ``fit``; who = the driver's pid), ``start`` (a trial about to train or resume), ``epoch-<n>`` (epoch n's checkpoint
+    is on storage and reported), ``end`` (the trial function about to return); who = the Tune trial id."""
+    if not folder:
+        return
+    d = Path(folder)
+    (d / f"at.{point}.{who}").touch()
+    while (d / f"hold.{point}").exists() and not (d / f"release.{who}").exists():
+        time.sleep(0.1)
+
 
 class TuneReporter(Reporter):
     """Per-epoch ``tune.report`` with a checkpoint; resumes from the trial's newest complete checkpoint after a
@@ -57,8 +76,9 @@ class TuneReporter(Reporter):
     one with the highest epoch that loads means no completed epoch is trained again (a half-written one does not load
     and is skipped)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gates: str | None = None) -> None:
         self.last: dict[str, Any] = {}
+        self.gates = gates  # ``fault_gate``'s folder (tests only)
 
     def restore(self):
         from ray import tune
@@ -89,6 +109,8 @@ class TuneReporter(Reporter):
             save_state_atomic(state(), Path(d) / CHECKPOINT_FILE)
             # persisted to the experiment storage before report returns, so the folder can go afterwards
             tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(d))
+        if self.gates:
+            fault_gate(self.gates, f"epoch-{metrics.get('epoch')}", tune.get_context().get_trial_id())
 
 
 def _trial_checkpoints(registered) -> list:
@@ -217,6 +239,7 @@ def make_trainable(cfg: SweepConfig, uri: str, experiment_id: str, parent_run_id
     it; its MLflow run ends FAILED with the reason as ``robust_sweep.error`` and the traceback as ``error.txt``."""
     outage_s = tracking.default_max_outage_s()  # read in the driver: its environment is the user's
     local_storage = "://" not in cfg.storage
+    gates = os.environ.get(TEST_GATES_ENV)
 
     def robust_sweep_trial(config: dict[str, Any]) -> None:
         run_cfg = cfg.trial_config(config)  # flat Tune dict -> typed RunConfig, first thing
@@ -242,7 +265,8 @@ def make_trainable(cfg: SweepConfig, uri: str, experiment_id: str, parent_run_id
             return run_id
 
         mlflow = tracking.MLflowReporter(uri, open_run=open_run, max_outage_s=outage_s)
-        tune_reporter = TuneReporter()
+        tune_reporter = TuneReporter(gates)
+        fault_gate(gates, "start", trial_id)
         try:
             # MLflow first: it only queues, and a trial ASHA stops is ended inside tune.report
             run_trial(run_cfg, Many(mlflow, tune_reporter))
@@ -253,6 +277,7 @@ def make_trainable(cfg: SweepConfig, uri: str, experiment_id: str, parent_run_id
                          cfg.metric: tune_reporter.last.get(cfg.metric, math.nan)})
         finally:  # also when ASHA stops the trial: what is still queued goes out (else the driver logs it)
             mlflow.flush(timeout=30)
+        fault_gate(gates, "end", trial_id)
 
     return robust_sweep_trial
 
@@ -565,6 +590,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> SweepSummary:
                     failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
             )
+        fault_gate(os.environ.get(TEST_GATES_ENV), "driver-fit", str(os.getpid()))
         results = tuner.fit()
         summary = finalize(cfg, results, uri, experiment_id, parent, resumed)
     except BaseException:

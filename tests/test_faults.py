@@ -117,8 +117,35 @@ def sweep_file(tmp: Path, name: str, **over) -> Path:
     return p
 
 
-def start_driver(cfg: Path, cluster, server, log: Path, *extra: str) -> subprocess.Popen:
+class Gates:
+    """The test's side of ``sweeps.runner.fault_gate``: hold drivers/trials at named points (``hold``), see who is
+    there (``at``), let them go (``release``, ``open``). This is what makes the module independent of how fast the
+    machine trains: nothing is killed or cut off on a timer."""
+
+    def __init__(self, folder: Path) -> None:
+        self.dir = folder
+        folder.mkdir()
+
+    def hold(self, *points: str) -> None:
+        for p in points:
+            (self.dir / f"hold.{p}").touch()
+
+    def open(self, *points: str) -> None:
+        for p in points:
+            (self.dir / f"hold.{p}").unlink(missing_ok=True)
+
+    def release(self, who: str) -> None:
+        (self.dir / f"release.{who}").touch()
+
+    def at(self, point: str) -> list[str]:
+        return sorted(f.name.split(".", 2)[2] for f in self.dir.glob(f"at.{point}.*"))
+
+
+def start_driver(cfg: Path, cluster, server, log: Path, *extra: str, gates: Gates | None = None) -> subprocess.Popen:
     env = {**os.environ, "RAY_ADDRESS": cluster.address, "PYTHONPATH": str(ROOT)}
+    env.pop("ROBUST_SWEEP_TEST_GATES", None)
+    if gates is not None:
+        env["ROBUST_SWEEP_TEST_GATES"] = str(gates.dir)
     args = [PY, str(ROOT / "sweeps" / "run.py"), str(cfg), "--quiet", "--set", f"tracking.uri={server.uri}",
             "--set", f"tracking.experiment={EXPERIMENT}", *extra]
     return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=cfg.parent)
@@ -171,27 +198,33 @@ def test_node_loss_mlflow_outage_and_a_diverging_trial(cluster, server, tmp_path
     cfg = sweep_file(tmp_path, "faults-a", search_space={"train.lr": {"choice": [0.05, 1.0e30]}}, num_trials=3,
                      scheduler={"type": "none"}, seed=6, max_concurrent=3)  # TPE, seed 6: 0.05, 0.05, 1e30
     log = tmp_path / "driver.log"
+    gates = Gates(tmp_path / "gates")
+    gates.hold("epoch-1", "epoch-3")  # the two trials that train wait after epochs 1 and 3 until the test is ready
     t0 = time.monotonic()
-    driver = start_driver(cfg, cluster, server, log, "--set", f"base.train.epochs={epochs}")
+    driver = start_driver(cfg, cluster, server, log, "--set", f"base.train.epochs={epochs}", gates=gates)
     store = tmp_path / "ray"
-
-    def mid_trial():  # a trial with a saved epoch that is still training
-        saved = checkpointed(store, "faults-a")
-        return {t: e for t, e in saved.items() if 1 <= e < epochs - 1} and saved
-
-    at_kill = wait_for(mid_trial, 300, "a trial with a checkpoint, mid-way", driver, log)
+    # node loss: both training trials hold mid-trial (epoch 1 saved), the diverging one has ended
+    wait_for(lambda: len(gates.at("epoch-1")) == 2 and gates.at("end"), 300,
+             "two trials held after epoch 1 and the diverged one ended", driver, log)
+    at_kill = checkpointed(store, "faults-a")
+    assert sorted(at_kill.values()) == [1, 1], at_kill
     t_kill = time.monotonic()
     worker = next(iter(cluster.worker_nodes))
     cluster.remove_node(worker)
     t_down = time.monotonic()
     port = int(server.uri.rsplit(":", 1)[1])
     server.stop()
+    gates.open("epoch-1")
     cluster.add_node(num_cpus=WORKER_CPUS)
     t_node = time.monotonic()
-    wait_for(lambda: time.monotonic() - t_down > 12, 60, "an outage longer than the client's retries (~7 s)")
+    # the outage: MLflow stays down while both trials resume and train epochs 2 and 3 (held after 3) and for
+    # longer than its client's own retries (~7 s)
+    wait_for(lambda: len(gates.at("epoch-3")) == 2 and time.monotonic() - t_down > 12, 400,
+             "both trials resumed and through epoch 3 with MLflow down", driver, log)
     server.start(port=port)
     server.uri  # noqa: B018 - waits until it answers
     outage_s = time.monotonic() - t_down
+    gates.open("epoch-3")
     summary = finish(driver, log)
     t_end = time.monotonic()
 
@@ -224,11 +257,21 @@ def test_node_loss_mlflow_outage_and_a_diverging_trial(cluster, server, tmp_path
         for r in resumes:  # every resume started from the newest checkpoint there was when the node went
             redone += max(0, saved - int(r.value))
     n_resumed = sum(bool(c.get_metric_history(t.info.run_id, "resumed_from_epoch")) for t in fine)
-    assert redone == 0 and n_resumed >= 1
+    assert redone == 0 and n_resumed == 2  # both were held mid-trial when their node went
+    # rerun: the diverged trial is not run again, nothing is retrained
+    before = {t.info.run_id: (t.info.end_time, len(c.get_metric_history(t.info.run_id, "val_acc"))) for t in trials}
+    again = finish(start_driver(cfg, cluster, server, tmp_path / "rerun.log", "--set", f"base.train.epochs={epochs}"),
+                   tmp_path / "rerun.log")
+    assert again["resumed"] and again["n_diverged"] == 1 and again["n_finished"] == 2
+    for t in diverged:
+        r = c.get_run(t.info.run_id)
+        assert r.info.status == "FAILED" and r.info.end_time == before[t.info.run_id][0]
+    assert {t.info.run_id: len(c.get_metric_history(t.info.run_id, "val_acc")) for t in trials} == \
+        {k: v[1] for k, v in before.items()}
     report(test="node+outage+divergence", trials_planned=3, finished=len(fine), diverged=len(diverged),
            resumed_after_node_loss=n_resumed, epochs_redone=redone, trials_lost=3 - len(trials),
            points_expected=epochs * len(fine), points_stored=points, mlflow_outage_s=round(outage_s),
-           s_to_first_checkpoint=round(t_kill - t0), s_node_swap=round(t_node - t_kill),
+           s_to_mid_trial=round(t_kill - t0), s_node_swap=round(t_node - t_kill),
            s_after_outage=round(t_end - t_down - outage_s))
 
 
@@ -246,24 +289,28 @@ def test_driver_killed_at_the_very_start_and_mid_sweep(cluster, server, tmp_path
     store = tmp_path / "ray" / "faults-b"
     log1, log2, log3 = (tmp_path / f"driver{i}.log" for i in (1, 2, 3))
 
-    d1 = start_driver(cfg, cluster, server, log1, *over)
-    wait_for(lambda: (store / "tuner.pkl").exists(), 180, "tuner.pkl", d1, log1)
+    gates = Gates(tmp_path / "gates")
+    gates.hold("driver-fit")  # the first driver waits after Tune wrote tuner.pkl, before fit saves anything
+    d1 = start_driver(cfg, cluster, server, log1, *over, gates=gates)
+    wait_for(lambda: gates.at("driver-fit"), 180, "the driver with tuner.pkl written, before fit", d1, log1)
+    assert (store / "tuner.pkl").exists() and not any(store.glob("experiment_state-*.json"))
     d1.send_signal(signal.SIGKILL)
     d1.wait()
 
-    d2 = start_driver(cfg, cluster, server, log2, *over)
+    gates.open("driver-fit")
+    gates.hold("start")  # every trial waits before training until the test releases it
+    d2 = start_driver(cfg, cluster, server, log2, *over, gates=gates)
+    wait_for(lambda: len(gates.at("start")) == 2, 300, "the first two trials (max_concurrent) at their start", d2, log2)
+    first = gates.at("start")[0]
+    gates.release(first)  # alone in ASHA's rungs, it is never stopped: it trains all its epochs
 
-    def one_trial_done():  # mid-sweep: a trial has all its epochs, Tune has saved its state, others are planned
-        try:
-            _, trials, _ = runs_of(server, "faults-b")
-        except AssertionError:  # the restart is replacing the parent run
-            return None
-        done = {t.info.run_id: epochs_logged(server, t.info.run_id) for t in trials}
-        full = any(len(v) == epochs for v in done.values())
-        return done if full and len(done) < 4 and any(store.glob("experiment_state-*.json")) else None
+    def one_trial_done():  # mid-sweep: one trial has all its epochs saved and Tune started the next; others wait
+        saved = checkpointed(store.parent, "faults-b")
+        return saved if (saved.get(first) == epochs and len(gates.at("start")) == 3
+                         and any(store.glob("experiment_state-*.json"))) else None
 
-    at_kill = wait_for(one_trial_done, 300, "a finished trial while others are still to run", d2, log2)
-    saved_at_kill = checkpointed(store.parent, "faults-b")
+    # with max_concurrent=2, a third trial starts only once Tune has ended the first (ASHA stops it at max_t)
+    saved_at_kill = wait_for(one_trial_done, 300, "a finished trial while the others wait", d2, log2)
     d2.send_signal(signal.SIGKILL)
     d2.wait()
     assert "restarting from scratch" in log2.read_text()  # the first kill left nothing to resume
@@ -284,9 +331,9 @@ def test_driver_killed_at_the_very_start_and_mid_sweep(cluster, server, tmp_path
         points += len(got)
         expected += done
         resumes = [int(r.value) for r in c.get_metric_history(t.info.run_id, "resumed_from_epoch")]
-        if len(at_kill.get(t.info.run_id, [])) == epochs:  # finished before the kill: not trained again
-            assert all(r == epochs for r in resumes), resumes
         saved = saved_at_kill.get(t.data.tags["robust_sweep.trial_id"], 0)
+        if saved == epochs:  # finished before the kill: not trained again
+            assert all(r == epochs for r in resumes), resumes
         redone += sum(max(0, saved - r) for r in resumes)  # checkpointed epochs trained again
     study = optuna.load_study(study_name="faults-b", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     states = [s.state for s in study.trials]
