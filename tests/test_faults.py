@@ -31,7 +31,9 @@ EXPERIMENT = "faults"
 WORKER_CPUS = 3  # trials of 1 CPU each: three train at once
 BASE = {"data": {"name": "mnist5k"}, "model": {"name": "mlp", "params": {"hidden": [16]}}, "method": {"name": "mle"},
         "train": {"steps_per_epoch": 20, "batch_size": 32, "eval_batch_size": 500, "optimizer": "sgd"}}
-# MLflow's client gives up on a request within ~7 s here (its default: ~4 min); every outage below outlasts it
+# MLflow's client in the trials (the worker nodes' processes) gives up on a request within ~7 s (its default: ~4 min);
+# every outage below outlasts it. The drivers and the test itself keep MLflow's defaults (a loaded machine's server
+# can take seconds to answer).
 CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
@@ -55,15 +57,7 @@ def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = No
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def env():
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in CLIENT_ENV.items():  # set before the cluster starts: its worker processes inherit them
-            mp.setenv(k, v)
-        yield
-
-
-@pytest.fixture(scope="module")
-def server(env, tmp_path_factory):
+def server(tmp_path_factory):
     """A local MLflow server (SQLite behind it) that tests may stop and start again on the same port. It starts in
     the background (tens of seconds on a busy machine, like the cluster): ``uri`` waits for it."""
     d = tmp_path_factory.mktemp("mlflow")
@@ -97,12 +91,12 @@ def server(env, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cluster(env, server):
+def cluster(server):
     """Head with no CPUs (drivers attach there) + one worker node that runs every trial."""
     from ray.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    c.add_node(num_cpus=WORKER_CPUS)
+    c.add_node(num_cpus=WORKER_CPUS, env_vars=CLIENT_ENV)  # the raylet's environment: its workers inherit it
     yield c
     c.shutdown()
 
@@ -215,7 +209,7 @@ def test_node_loss_mlflow_outage_and_a_diverging_trial(cluster, server, tmp_path
     port = int(server.uri.rsplit(":", 1)[1])
     server.stop()
     gates.open("epoch-1")
-    cluster.add_node(num_cpus=WORKER_CPUS)
+    cluster.add_node(num_cpus=WORKER_CPUS, env_vars=CLIENT_ENV)
     t_node = time.monotonic()
     # the outage: MLflow stays down while both trials resume and train epochs 2 and 3 (held after 3) and for
     # longer than its client's own retries (~7 s)
