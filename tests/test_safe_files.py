@@ -85,7 +85,7 @@ def test_checkpoint_rng_states_are_plain_data_and_round_trip(tmp_path, tiny_cfg,
 
 def test_tampered_cifar_pickle_is_refused_as_corrupt_and_runs_nothing(tmp_path):
     from robust_core.data.sources.torchvision_sets import CorruptDataError, _read_cifar_batch
-    from robust_core.data.tiny import write_pickle
+    from robust_core.data.sources.torchvision_sets import write_pickle
 
     good = tmp_path / "good"
     write_pickle(good, {b"labels": [1, 2], b"data": np.zeros((2, 3072), np.uint8)})
