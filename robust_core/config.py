@@ -37,7 +37,7 @@ def parse_number(v: Any) -> Any:
         s = v.strip()
         if re.fullmatch(r"[-+]?\d+(\.\d*)?\s*/\s*\d+(\.\d*)?", s):
             num, den = (float(t) for t in s.split("/"))
-            return num / den
+            return num / den if den else v  # 1/0 stays a string: the field then reports it is not a number
         try:
             return float(Fraction(s)) if re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?", s, re.I) else v
         except (ValueError, ZeroDivisionError):
@@ -345,6 +345,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError([f"{p}: not valid YAML: {e}"], str(p)) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{p}: not a text file (YAML must be UTF-8 text); check the path"], str(p)) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{p}: top level must be a mapping, got {type(data).__name__}"], str(p))
     return data

@@ -49,6 +49,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# Checkpoints load with ``torch.load(weights_only=True)`` (a crafted file must not run code), which unpickles only
+# tensors, numbers, strings and containers of them: numpy's and Python's RNG states are stored in those forms.
+def numpy_rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    assert kind == "MT19937", kind
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+            "cached_gaussian": float(gauss)}
+
+
+def set_numpy_rng_state(s: dict[str, Any]) -> None:
+    np.random.set_state(("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"],
+                         s["cached_gaussian"]))
+
+
+def python_rng_state() -> dict[str, Any]:
+    version, internal, gauss_next = random.getstate()
+    return {"version": version, "internal": list(internal), "gauss_next": gauss_next}
+
+
+def set_python_rng_state(s: dict[str, Any]) -> None:
+    random.setstate((s["version"], tuple(s["internal"]), s["gauss_next"]))
+
+
 class PermutationSampler:
     """Batches of indices drawn from successive random permutations of ``range(n)``, on the generator's device (the
     training device when the data is resident there: no host round trip per step); checkpointable with plain tensors
@@ -313,8 +336,8 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
         torch.set_rng_state(state["torch_rng"])
         if dev.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], dev)
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
+        set_numpy_rng_state(state["numpy_rng"])
+        set_python_rng_state(state["python_rng"])
         history = list(state["history"])
         start_epoch = state["epoch"]
 
@@ -328,7 +351,7 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
                 "sampler_unlabeled": s_unl.state_dict() if s_unl is not None else None,
                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+                "numpy_rng": numpy_rng_state(), "python_rng": python_rng_state(),
                 "history": list(history),
             }
         return build
