@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from typing_extensions import Annotated
 
 from robust_core.registry import DATASETS, METHODS, MODELS, UnknownNameError
@@ -86,14 +87,30 @@ class TrainConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum, or Adam beta1
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)  # decoupled from lr for Adam (AdamW), coupled for SGD
-    schedule: Literal["constant", "linear", "cosine"] = "linear"
-    decay_start: float = Field(0.5, ge=0, lt=1)  # fraction of all steps after which the lr starts to decay
+    schedule: Literal["constant", "linear", "cosine", "step"] = "linear"
+    decay_start: float = Field(0.5, ge=0, lt=1)  # linear/cosine: fraction of all steps after which the lr decays
+    milestones: tuple[int, ...] = Field((), validate_default=True)  # step: lr *= decay_factor after these epochs
+    decay_factor: float = Field(0.1, gt=0, lt=1)  # step: factor applied at each milestone
     grad_clip: float | None = Field(None, gt=0)  # max global grad norm
     seed: int = 0  # initialisation, batch order, method randomness
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype; fp16 adds a gradient scaler (CUDA only)
     deterministic: bool = True
     eval_batch_size: int = Field(1000, ge=1)
+
+    @field_validator("milestones")
+    @classmethod
+    def _check_milestones(cls, m: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        schedule, epochs = info.data.get("schedule"), info.data.get("epochs")
+        if schedule == "step" and not m:
+            raise ValueError("schedule 'step' needs the epochs at which to decay, e.g. [60, 90]")
+        if schedule != "step" and m:
+            raise ValueError(f"only used by schedule 'step' (schedule is {schedule!r}); remove them or set "
+                             "train.schedule=step")
+        if epochs is not None and (any(b <= a for a, b in zip(m, m[1:])) or any(e < 1 or e >= epochs for e in m)):
+            raise ValueError(f"{list(m)} must be strictly increasing epochs in [1, {epochs - 1}] (train.epochs is "
+                             f"{epochs}; a milestone at or after the last epoch never takes effect)")
+        return m
 
 
 class RunConfig(Strict):
