@@ -72,6 +72,8 @@ from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
+from robust_core.attacks.loop import perturb
+from robust_core.attacks.threat import ThreatModel
 from robust_core.config import Number
 from robust_core.methods._ops import smoothed_ce, widen
 from robust_core.methods.base import Adversaries, Batch, LossOutput, Method, MethodParams, StepContext
@@ -190,14 +192,15 @@ class ATLD(Method):
     def lmae(self, model: nn.Module, x: torch.Tensor, h_nat: torch.Tensor) -> torch.Tensor:
         """x_adv: one signed ascent step on Σ log D⁰(f(·)) (eq. 13) from a uniform random start; BN statistics of
         the classifier and of D untouched. ``h_nat``: the natural codes (D normalises both branches together)."""
-        p = self.p
+        p, n, h_nat = self.p, len(x), h_nat.detach()
         step = p.step_size if p.step_size is not None else p.eps
-        x0 = (x + torch.empty_like(x).uniform_(-p.eps, p.eps)).clamp(0, 1).detach().requires_grad_(True)
+
+        def log_d0(code: torch.Tensor) -> torch.Tensor:  # per example; summed by the attack loop
+            return F.logsigmoid(widen(self.disc(torch.cat([h_nat, code]))[0][n:]))
+
         with frozen_bn_stats(model), frozen_bn_stats(self.disc):
-            a = self.disc(torch.cat([h_nat.detach(), latent(model, x0, p.disc_input)[0]]))[0][len(x):]
-        (g,) = torch.autograd.grad(F.logsigmoid(widen(a)).sum(), x0)
-        x_adv = torch.min(torch.max(x0.detach() + step * g.sign(), x - p.eps), x + p.eps)
-        return x_adv.clamp(0, 1).detach()
+            return perturb(lambda z: latent(model, z, p.disc_input)[0], x, log_d0, ThreatModel("linf", p.eps),
+                           steps=1, step_size=step, random_start=True)
 
     @staticmethod
     def terms(a: torch.Tensor, c: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
