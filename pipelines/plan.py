@@ -239,9 +239,11 @@ class Planner:
                 "resources": spec.resources.model_dump(), "tracking": spec.tracking.model_dump(),
                 "storage": spec.sweep.storage}
 
-    def retrain(self, row: RowSpec, setting: Setting | None, seed: int) -> RetrainKey:
+    def retrain(self, row: RowSpec, setting: Setting | None, seed: int, col_set: dict[str, Any] | None = None
+                ) -> RetrainKey:
+        """``col_set``: the column's overrides (e.g. ``{data.n_val: 0}``: retrain on train ∪ validation)."""
         src = self.source(row, setting)
-        k = RetrainKey(src.name, json.dumps(row.set, sort_keys=True), seed)
+        k = RetrainKey(src.name, json.dumps({**row.set, **(col_set or {})}, sort_keys=True), seed)
         self.retrains.add(k)
         return k
 
@@ -262,9 +264,9 @@ class Planner:
 
     def eval_unit(self, suite: str, row: RowSpec, setting: Setting | None, seed_i: int, seeds: list[int],
                   rows_by_label: dict[str, RowSpec], sources: dict[str, str] | None = None,
-                  baseline: str | None = None) -> EvalUnit:
+                  baseline: str | None = None, col_set: dict[str, Any] | None = None) -> EvalUnit:
         seed = seeds[seed_i]
-        target = self.retrain(row, setting, seed)
+        target = self.retrain(row, setting, seed, col_set)
         src: tuple = ()
         if suite == "transfer":
             other = seeds[(seed_i + 1) % len(seeds)]  # an independently trained source: the next seed's model
@@ -329,15 +331,15 @@ class Planner:
         for r in t.rows:
             for j, rc in enumerate(cols):
                 c, s = rc.spec, rc.setting
-                rets = [self.retrain(r, s, sd) for sd in seeds]
+                rets = [self.retrain(r, s, sd, c.set) for sd in seeds]
                 ref = CellRef(rets, [None] * len(seeds))
                 if c.value == "attack":
                     ref.attack = map_attack(c.attack, self.steps(s))  # type: ignore[arg-type]
-                    ref.evals = [self.eval_unit(c.suite or "", r, s, i, seeds, by_label, t.sources, t.baseline)
-                                 for i in range(len(seeds))]
+                    ref.evals = [self.eval_unit(c.suite or "", r, s, i, seeds, by_label, t.sources, t.baseline,
+                                                c.set) for i in range(len(seeds))]
                 if c.value == "relative_epoch_time":
                     ref_row = RowSpec(label=f"({c.relative_to})", method=c.relative_to)
-                    ref.reference = [self.retrain(ref_row, s, sd) for sd in seeds]
+                    ref.reference = [self.retrain(ref_row, s, sd, c.set) for sd in seeds]
                 cells[(r.label, j)] = ref
         return ResolvedTable(t, t.title + suffix, cols, cells, seeds, foot + list(t.notes))
 

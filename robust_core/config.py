@@ -59,7 +59,7 @@ class DataConfig(Strict):
     name: str = "mnist5k"
     root: str = "./data"  # where torchvision datasets are read from / downloaded to
     download: bool = True  # try to download when the files are missing (fails clearly when offline)
-    n_val: int = Field(500, ge=1)  # validation examples carved from the training set (class-balanced)
+    n_val: int = Field(500, ge=0)  # validation examples carved from train (class-balanced); 0: none, train on all
     n_labeled: int | None = Field(None, ge=1)  # None: supervised on all of train; N: N labels, rest unlabeled
     split_seed: int = 0  # seeds the val / labeled / unlabeled split (numpy PCG64: same on every machine)
 

@@ -316,9 +316,11 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
         if seen:
             metrics["train_acc"] = correct / seen
         xv, yv = data.val
-        val = evaluate(method.inference_model(model), xv, yv, t.eval_batch_size)
-        metrics.update(epoch=epoch + 1, val_acc=val["acc"], val_loss=val["loss"], lr=sched.get_last_lr()[0],
-                       step=(epoch + 1) * spe, epoch_time_s=time.perf_counter() - t0)
+        if len(yv):  # data.n_val = 0 (a final retrain on train ∪ validation): no validation metrics
+            val = evaluate(method.inference_model(model), xv, yv, t.eval_batch_size)
+            metrics.update(val_acc=val["acc"], val_loss=val["loss"])
+        metrics.update(epoch=epoch + 1, lr=sched.get_last_lr()[0], step=(epoch + 1) * spe,
+                       epoch_time_s=time.perf_counter() - t0)
         if test_each_epoch:  # after epoch_time_s: the timing is of training and validation only
             xt, yt = data.test
             te = evaluate(method.inference_model(model), xt, yt, t.eval_batch_size)
