@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pipelines.plan import Plan
 
 # × MLE per training step (benchmarks/RESULTS.md, 4×100 steps, MLP on mnist5k, 1 thread)
+# (atld: its game with a WRN-10-1 discriminator, 2 discriminator steps per step; feature_scatter: 1 Sinkhorn step)
 STEP_COST = {"mle": 1.0, "at_fgsm": 2.5, "at_l2": 2.2, "ro": 1.6, "pgd_at": 4.7, "trades": 7.7, "ater": 4.6,
-             "atld": 2.1, "xat": 2.6, "vat": 4.3, "vater": 5.4, "xvat": 3.7, "fat": 6.7}
+             "atld": 3.5, "xat": 2.6, "vat": 4.3, "vater": 5.4, "xvat": 3.7, "fat": 6.7, "feature_scatter": 1.4}
 TRAIN_SIZE = {"mnist": 60000, "svhn": 73257, "cifar10": 50000, "cifar100": 50000, "mnist5k": 4000}
 TEST_SIZE = {"mnist": 10000, "svhn": 26032, "cifar10": 10000, "cifar100": 10000, "mnist5k": 1000}
 

@@ -102,8 +102,8 @@ def make_optimizer(cfg, params) -> torch.optim.Optimizer:
 
 class AdversaryTrainer:
     """The optimiser of a method's adversaries (``Method.adversaries()``, e.g. ATLD's discriminator): created by
-    ``fit`` over the named ``modules()``, stepped ``steps`` times on ``method.adversary_loss`` after every classifier step,
-    its lr constant or following the train schedule, and checkpointed and restored with the rest of the run."""
+    ``fit`` over the named ``modules()``, stepped ``steps`` times on ``method.adversary_loss`` after every classifier
+    step, its lr constant or following the train schedule, and checkpointed and restored with the rest of the run."""
 
     def __init__(self, spec, aux: nn.ModuleDict, schedule: Callable[[int], float], dev: torch.device,
                  scaled: bool) -> None:
@@ -316,11 +316,11 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
         if seen:
             metrics["train_acc"] = correct / seen
         xv, yv = data.val
-        if len(yv):  # data.n_val = 0 (a final retrain on train ∪ validation): no validation metrics
+        metrics["epoch"] = epoch + 1
+        if len(yv):  # none when data.n_val = 0 (a final retrain on train ∪ validation)
             val = evaluate(method.inference_model(model), xv, yv, t.eval_batch_size)
             metrics.update(val_acc=val["acc"], val_loss=val["loss"])
-        metrics.update(epoch=epoch + 1, lr=sched.get_last_lr()[0], step=(epoch + 1) * spe,
-                       epoch_time_s=time.perf_counter() - t0)
+        metrics.update(lr=sched.get_last_lr()[0], step=(epoch + 1) * spe, epoch_time_s=time.perf_counter() - t0)
         if test_each_epoch:  # after epoch_time_s: the timing is of training and validation only
             xt, yt = data.test
             te = evaluate(method.inference_model(model), xt, yt, t.eval_batch_size)

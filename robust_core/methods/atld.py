@@ -35,6 +35,10 @@ The LMAE step ascends Σ log D⁰(f(x')) over the batch (eq. 13; the authors' co
 adversarial, the same thing). The LMAE pass and the classifier loss's D pass leave BN running statistics untouched
 (``frozen_bn_stats``); the classifier's passes at x and at x_adv and D's own passes update them.
 
+Where the authors' code differs from eq. 7 we follow the paper: their classifier minimises L_f plus an MSE between
+adversarial and natural logits (rescaled by a gradient-norm ratio), so neither D term reaches the classifier; their
+D's class head is trained on the smoothed labels (we use l(·, y) of eq. 7, plain CE).
+
 Inference (``inference_model``): ``imt='none'`` (ATLD−) returns the classifier. ``imt='imt'`` (eq. 8/27): x' =
 clip(x − ε_imt · sign(∇_x a(f(x)))), one signed step that lowers D's adversarial probability, then f(x').
 ``imt='imt_plus'`` (ATLD+, §V-A): the step is halved for the examples whose D⁰(f(x)) ∈ [0.3, 0.7]. The wrapper is
