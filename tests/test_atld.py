@@ -18,6 +18,16 @@ from robust_core.reporting import CheckpointDir, load_state
 from robust_core.train import fit
 
 TINY_D = {"disc_depth": 10, "disc_widen": 1}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The discriminator's many small ops run ~8x slower when two intra-op threads fight other processes for the 2
+    shared cores: one thread here, restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 CTX = StepContext(epoch=0, step=0, epochs=2, steps_per_epoch=5, n_train=40)
 
 
@@ -235,16 +245,11 @@ def test_short_real_run_learns(tiny_cfg, mnist5k_arrays, mnist5k_100):
     while D is still weak; the old one-sided objective at weight 1 ended near chance on the laptop budget)."""
     from robust_core.data import PreparedData, make_splits
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = tiny_cfg(["method.name=atld", "model.params.hidden=[64]", "train.epochs=2", "train.steps_per_epoch=100",
-                        "method.params.eps=0.1", "method.params.imt=none", "method.params.disc_depth=10",
-                        "method.params.disc_widen=1"])
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"n_labeled": None})})
-        info = mnist5k_100.info
-        data = PreparedData(info, mnist5k_arrays, make_splits(mnist5k_arrays.y_train, info.num_classes, 500, None, 0))
-        res = fit(cfg, data=data)
-    finally:
-        torch.set_num_threads(n)
+    cfg = tiny_cfg(["method.name=atld", "model.params.hidden=[64]", "train.epochs=2", "train.steps_per_epoch=100",
+                    "method.params.eps=0.1", "method.params.imt=none", "method.params.disc_depth=10",
+                    "method.params.disc_widen=1"])
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"n_labeled": None})})
+    info = mnist5k_100.info
+    data = PreparedData(info, mnist5k_arrays, make_splits(mnist5k_arrays.y_train, info.num_classes, 500, None, 0))
+    res = fit(cfg, data=data)
     assert res.last["val_acc"] > 0.35, res.history
