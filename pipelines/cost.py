@@ -19,8 +19,9 @@ from robust_core.config import DataConfig, TrainConfig
 from robust_core.registry import DATASETS
 
 # × MLE per training step (benchmarks/RESULTS.md, 4×100 steps, MLP on mnist5k, 1 thread)
+# (atld: its game with a WRN-10-1 discriminator, 2 discriminator steps per step; feature_scatter: 1 Sinkhorn step)
 STEP_COST = {"mle": 1.0, "at_fgsm": 2.5, "at_l2": 2.2, "ro": 1.6, "pgd_at": 4.7, "trades": 7.7, "ater": 4.6,
-             "atld": 2.1, "xat": 2.6, "vat": 4.3, "vater": 5.4, "xvat": 3.7, "fat": 6.7}
+             "atld": 3.5, "xat": 2.6, "vat": 4.3, "vater": 5.4, "xvat": 3.7, "fat": 6.7, "feature_scatter": 1.4}
 
 
 PROBE_PASSES = 22  # the masking probe run with every evaluation: PGD-20 at a large ε, noise, one gradient

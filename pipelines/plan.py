@@ -266,15 +266,16 @@ class Planner:
         return {**prof.robust_val.model_dump(), "attack": attack,
                 "eps": self.eval_settings(s).eps_for(prof.robust_val.norm), "epochs": rungs}
 
-    def retrain(self, row: RowSpec, setting: Setting | None, seed: int, item: TableSpec | FigureSpec | None = None
-                ) -> RetrainKey:
+    def retrain(self, row: RowSpec, setting: Setting | None, seed: int, item: TableSpec | FigureSpec | None = None,
+                col_set: dict[str, Any] | None = None) -> RetrainKey:
         """``item``: the table or figure that shows ``row``; its selection (``PipelineSpec.selection_of``) and
-        ``robust_attack`` pick the source."""
+        ``robust_attack`` pick the source. ``col_set``: the column's overrides (e.g. ``{data.n_val: 0}``: retrain on
+        train ∪ validation)."""
         if item is None:
             src = self.source(row, setting)
         else:
             src = self.source(row, setting, self.spec.selection_of(item, row), item.robust_attack)
-        k = RetrainKey(src.name, json.dumps(row.set, sort_keys=True), seed)
+        k = RetrainKey(src.name, json.dumps({**row.set, **(col_set or {})}, sort_keys=True), seed)
         self.retrains.add(k)
         return k
 
@@ -312,9 +313,9 @@ class Planner:
 
     def eval_unit(self, suite: str, item: TableSpec | FigureSpec, row: RowSpec, setting: Setting, seed_i: int,
                   seeds: list[int], rows_by_label: dict[str, RowSpec], sources: dict[str, str] | None = None,
-                  baseline: str | None = None) -> EvalUnit:
+                  baseline: str | None = None, col_set: dict[str, Any] | None = None) -> EvalUnit:
         seed = seeds[seed_i]
-        target = self.retrain(row, setting, seed, item)
+        target = self.retrain(row, setting, seed, item, col_set)
         from robust_core.attacks.suites import SUITES
 
         needs = SUITES.get(suite).needs
@@ -395,15 +396,15 @@ class Planner:
         for r in t.rows:
             for j, rc in enumerate(cols):
                 c, s = rc.spec, rc.setting
-                rets = [self.retrain(r, s, sd, t) for sd in seeds]
+                rets = [self.retrain(r, s, sd, t, c.set) for sd in seeds]
                 ref = CellRef(rets, [None] * len(seeds))
                 if c.value == "attack":
                     ref.attack = map_attack(c.attack, self.steps(s))  # type: ignore[arg-type]
-                    ref.evals = [self.eval_unit(c.suite or "", t, r, s, i, seeds, by_label, t.sources, t.baseline)
-                                 for i in range(len(seeds))]
+                    ref.evals = [self.eval_unit(c.suite or "", t, r, s, i, seeds, by_label, t.sources, t.baseline,
+                                                c.set) for i in range(len(seeds))]
                 if c.value == "relative_epoch_time":
                     ref_row = RowSpec(label=f"({c.relative_to})", method=c.relative_to)
-                    ref.reference = [self.retrain(ref_row, s, sd, t) for sd in seeds]
+                    ref.reference = [self.retrain(ref_row, s, sd, t, c.set) for sd in seeds]
                 cells[(r.label, j)] = ref
         return ResolvedTable(t, t.title + suffix, cols, cells, seeds, foot + list(t.notes))
 

@@ -140,6 +140,7 @@ class ColumnSpec(_Strict):
     suite: str | None = None
     attack: AttackField | None = None
     relative_to: str | None = None  # a key of `methods:` (relative_epoch_time)
+    set: dict[str, Any] = Field(default_factory=dict)  # dotted overrides on this column's retrains (over the row's)
 
     @field_validator("suite")
     @classmethod

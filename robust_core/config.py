@@ -66,7 +66,7 @@ class DataConfig(Strict):
     name: str = "mnist5k"
     root: str = "./data"  # where torchvision datasets are read from / downloaded to
     download: bool = True  # try to download when the files are missing (fails clearly when offline)
-    n_val: int = Field(500, ge=1)  # validation examples carved from the training set (class-balanced)
+    n_val: int = Field(500, ge=0)  # validation examples carved from train (class-balanced); 0: none, train on all
     n_labeled: int | None = Field(None, ge=1)  # None: supervised on all of train; N: N labels, rest unlabeled
     split_seed: int = 0  # seeds the val / labeled / unlabeled split (numpy PCG64: same on every machine)
 
@@ -163,8 +163,10 @@ class TrainConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum, or Adam beta1
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)  # decoupled from lr for Adam (AdamW), coupled for SGD
-    schedule: Literal["constant", "linear", "cosine"] = "linear"
-    decay_start: float = Field(0.5, ge=0, lt=1)  # fraction of all steps after which the lr starts to decay
+    schedule: Literal["constant", "linear", "cosine", "step"] = "linear"
+    decay_start: float = Field(0.5, ge=0, lt=1)  # linear/cosine: fraction of all steps after which the lr decays
+    milestones: tuple[int, ...] = Field((), validate_default=True)  # step: lr *= decay_factor after these epochs
+    decay_factor: float = Field(0.1, gt=0, lt=1)  # step: factor applied at each milestone
     grad_clip: float | None = Field(None, gt=0)  # max global grad norm
     seed: int = 0  # initialisation, batch order, method randomness
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -183,6 +185,20 @@ class TrainConfig(Strict):
     channels_last: bool = False  # NHWC memory layout for the model's 2-D convolutions and their inputs (CUDA: faster
     #                              convs, with amp especially); no effect on models without 2-D convolutions
     compile: bool = False  # torch.compile the classifier the method calls (inductor; compiles once per mode/shape)
+
+    @field_validator("milestones")
+    @classmethod
+    def _check_milestones(cls, m: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        schedule, epochs = info.data.get("schedule"), info.data.get("epochs")
+        if schedule == "step" and not m:
+            raise ValueError("schedule 'step' needs the epochs at which to decay, e.g. [60, 90]")
+        if schedule != "step" and m:
+            raise ValueError(f"only used by schedule 'step' (schedule is {schedule!r}); remove them or set "
+                             "train.schedule=step")
+        if epochs is not None and (any(b <= a for a, b in zip(m, m[1:])) or any(e < 1 or e >= epochs for e in m)):
+            raise ValueError(f"{list(m)} must be strictly increasing epochs in [1, {epochs - 1}] (train.epochs is "
+                             f"{epochs}; a milestone at or after the last epoch never takes effect)")
+        return m
 
 
 class RunConfig(Strict):

@@ -1,8 +1,9 @@
 """``fit``: the one training loop. Every entry point (local trial, Ray Tune trial, final retrain) calls it.
 
 It owns seeding, data batching, optimiser and schedule, AMP, train/eval modes, per-epoch validation, checkpoints
-(model, method modules, optimiser, scheduler, scaler, samplers and every RNG, so a resumed run continues exactly as
-an uninterrupted one) and reporting. A method only turns a batch into a loss.
+(model, method modules, optimiser, scheduler, scaler, the adversaries' optimiser, samplers and every RNG, so a
+resumed run continues exactly as an uninterrupted one) and reporting. A method only turns a batch into a loss (and,
+for a method with adversaries such as ATLD's discriminator, into the adversaries' loss: ``AdversaryTrainer``).
 
 The step never waits for the device (``tests/test_step_sync.py`` checks every registered method): the training set
 is resident on the device and batches are gathered there (``robust_core.data.placement``), indices are drawn there,
@@ -169,10 +170,15 @@ class EpochMeter:
         return metrics, first_bad + 1, {**at_bad, **self.host[first_bad]}
 
 
-def lr_factor(schedule: str, decay_start: float, total: int) -> Callable[[int], float]:
+def lr_factor(schedule: str, decay_start: float, total: int, milestones: tuple[int, ...] = (),
+              decay_factor: float = 0.1) -> Callable[[int], float]:
+    """Factor on the base lr at global step ``step`` (0-based). ``step``: ``decay_factor`` ** (number of
+    ``milestones``, in steps, already reached) — the authors' "lr × 0.1 at epochs 60 and 90"."""
     start = int(decay_start * total)
 
     def f(step: int) -> float:
+        if schedule == "step":
+            return decay_factor ** sum(step >= m for m in milestones)
         if schedule == "constant" or step < start:
             return 1.0
         frac = (step - start) / max(1, total - start)
@@ -181,6 +187,12 @@ def lr_factor(schedule: str, decay_start: float, total: int) -> Callable[[int], 
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
 
     return f
+
+
+def schedule_of(t, steps_per_epoch: int) -> Callable[[int], float]:
+    """The lr factor per step of ``TrainConfig`` ``t`` (milestones converted from epochs to steps)."""
+    return lr_factor(t.schedule, t.decay_start, t.epochs * steps_per_epoch,
+                     tuple(m * steps_per_epoch for m in t.milestones), t.decay_factor)
 
 
 def make_optimizer(cfg, params) -> torch.optim.Optimizer:
@@ -194,6 +206,54 @@ def make_optimizer(cfg, params) -> torch.optim.Optimizer:
                                  **fused)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=cfg.weight_decay, **fused)
+
+
+class AdversaryTrainer:
+    """The optimiser of a method's adversaries (``Method.adversaries()``, e.g. ATLD's discriminator): created by
+    ``fit`` over the named ``modules()``, stepped ``steps`` times on ``method.adversary_loss`` after every classifier
+    step, its lr constant or following the train schedule, and checkpointed and restored with the rest of the run."""
+
+    def __init__(self, spec, aux: nn.ModuleDict, schedule: Callable[[int], float], dev: torch.device,
+                 scaled: bool) -> None:
+        unknown = [k for k in spec.modules if k not in aux]
+        if unknown or not spec.modules:
+            raise ValueError(f"Method.adversaries() names modules {list(spec.modules)}; each must be a key of "
+                             f"modules() (have: {', '.join(aux) or 'none'})")
+        self.spec = spec
+        self.params = [p for k in spec.modules for p in aux[k].parameters()]
+        self.opt = make_optimizer(spec, self.params)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule if spec.follow_schedule else _one)
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=scaled)
+
+    def step(self, method: Method, model: nn.Module, batch: Batch, ctx: StepContext, out, autocast,
+             grad_clip: float | None) -> dict[str, Any]:
+        logs: dict[str, Any] = {}
+        for _ in range(self.spec.steps):
+            with autocast():
+                a = method.adversary_loss(model, batch, ctx, out)
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(a.loss).backward()
+            if grad_clip is not None:
+                self.scaler.unscale_(self.opt)
+                nn.utils.clip_grad_norm_(self.params, grad_clip)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            logs = a.logs
+        self.sched.step()
+        return logs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.opt.load_state_dict(s["optimizer"])
+        self.sched.load_state_dict(s["scheduler"])
+        self.scaler.load_state_dict(s["scaler"])
+
+
+def _one(step: int) -> float:
+    return 1.0
 
 
 @torch.no_grad()
@@ -307,11 +367,15 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
               store.labels(torch.from_numpy(data.splits.val).to(sdev))) if store.resident else data.val
     step_model = torch.compile(model) if t.compile else model  # what the method calls; checkpoints use ``model``
 
-    opt = make_optimizer(t, list(model.parameters()) + list(aux.parameters()))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(t.schedule, t.decay_start, total))
     amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
     if amp_dtype is torch.float16 and dev.type != "cuda":
         raise ValueError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on CPU")
+    adv_spec = method.adversaries()  # adversaries get their own optimiser; the classifier's never sees them
+    adv_names = set(adv_spec.modules) if adv_spec is not None else set()
+    params = list(model.parameters()) + [p for k, m in aux.items() if k not in adv_names for p in m.parameters()]
+    opt = make_optimizer(t, params)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule_of(t, spe))
+    adv = AdversaryTrainer(adv_spec, aux, schedule_of(t, spe), dev, amp_dtype is torch.float16) if adv_spec else None
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
     gen = torch.Generator(sdev).manual_seed(t.seed)
     s_lab = PermutationSampler(len(lab_idx), t.batch_size, gen)
@@ -329,6 +393,8 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if adv is not None:
+            adv.load_state_dict(state["adversary"])
         s_lab.load_state_dict(state["sampler_labeled"])
         if s_unl is not None:
             s_unl.load_state_dict(state["sampler_unlabeled"])
@@ -347,6 +413,7 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
                 "fingerprint": cfg.fingerprint(), "config": cfg.to_dict(), "epoch": epoch,
                 "model": model.state_dict(), "aux": aux.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                "adversary": adv.state_dict() if adv is not None else None,
                 "sampler_labeled": s_lab.state_dict(),
                 "sampler_unlabeled": s_unl.state_dict() if s_unl is not None else None,
                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
@@ -380,7 +447,6 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
                 ctx = StepContext(epoch, epoch * spe + i, t.epochs, spe, n_train)
                 with autocast():
                     out = method.loss(step_model, batch, ctx)
-                meter.add(out.loss, out.logs, out.logits, batch.y)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(out.loss).backward()
                 if t.grad_clip is not None:
@@ -389,6 +455,9 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
+                if adv is not None:  # the adversaries' turn, on the same batch (their loss reuses out.saved)
+                    out.logs.update(adv.step(method, step_model, batch, ctx, out, autocast, t.grad_clip))
+                meter.add(out.loss, out.logs, out.logits, batch.y)
                 if bar is not None:
                     bar.update(1)
         except Exception as e:  # a step failing after the loss went non-finite: report the divergence, not the echo
@@ -396,9 +465,11 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
             raise
         metrics: dict[str, Any] = _raise_if_diverged(cfg, epoch, meter)
         xv, yv = val_xy
-        val = evaluate(method.inference_model(model), xv, yv, t.eval_batch_size)
-        metrics.update(epoch=epoch + 1, val_acc=val["acc"], val_loss=val["loss"], lr=sched.get_last_lr()[0],
-                       step=(epoch + 1) * spe, epoch_time_s=time.perf_counter() - t0)
+        metrics["epoch"] = epoch + 1
+        if len(yv):  # none when data.n_val = 0 (a final retrain on train ∪ validation)
+            val = evaluate(method.inference_model(model), xv, yv, t.eval_batch_size)
+            metrics.update(val_acc=val["acc"], val_loss=val["loss"])
+        metrics.update(lr=sched.get_last_lr()[0], step=(epoch + 1) * spe, epoch_time_s=time.perf_counter() - t0)
         rv = t.robust_val  # after epoch_time_s too: timed apart (val_robust_time_s), so epoch times stay comparable
         if rv is not None and len(yv) and rv.due(epoch + 1, t.epochs):
             metrics.update(robust_validation(method.inference_model(model), xv, yv, rv, cfg.data.name,

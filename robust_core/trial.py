@@ -29,7 +29,8 @@ def run_trial(cfg: RunConfig, reporter: Reporter | None = None, *, out_dir: str 
     ``test_each_epoch`` (final retrains only, implies ``evaluate_test``): test accuracy in every epoch's metrics."""
     res = fit(cfg, reporter, data=data, progress=progress, test_each_epoch=test_each_epoch)
     final: dict[str, Any] = dict(res.last)
-    final["best_val_acc"] = max(h["val_acc"] for h in res.history)
+    if "val_acc" in res.last:  # absent when the run has no validation split (data.n_val = 0)
+        final["best_val_acc"] = max(h["val_acc"] for h in res.history)
     final["split_fingerprint"] = res.data.splits.fingerprint()
     final["config_fingerprint"] = cfg.fingerprint()
     final["mean_epoch_time_s"] = sum(h["epoch_time_s"] for h in res.history) / len(res.history)

@@ -370,6 +370,9 @@ def check_cross(raw: Mapping[str, Any], base: RunConfig | None) -> list[str]:
                         f"{', '.join(METRIC_MODES)}")
     elif mode in ("max", "min") and mode != METRIC_MODES[metric]:
         problems.append(f"mode: {metric} improves with mode={METRIC_MODES[metric]}, got mode={mode}")
+    if base is not None and base.data.n_val == 0 and metric.startswith("val_"):
+        problems.append(f"base.data.n_val: 0 leaves no validation split for {metric} to select on; a sweep needs "
+                        "one (n_val: 0 is for final retrains on train ∪ validation)")
     sched = raw.get("scheduler") or {}
     grace = sched.get("grace_period", 1) if isinstance(sched, Mapping) else 1
     epochs = base.train.epochs if base is not None else _raw_epochs(raw)

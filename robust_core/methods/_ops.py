@@ -47,6 +47,16 @@ def entropy_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1).mean()
 
 
+def smoothed_ce(logits: torch.Tensor, y: torch.Tensor, s: float) -> torch.Tensor:
+    """Mean cross-entropy against label-smoothed targets as Feature Scattering's and ATLD's code build them: the true
+    class keeps 1 − s, the other C − 1 classes share s equally (rows sum to one). (PyTorch's ``label_smoothing=s``
+    instead spreads s over all C classes, leaving 1 − s + s/C on the true one.)"""
+    logp = F.log_softmax(widen(logits), dim=-1)
+    k = logits.shape[-1]
+    t = torch.full_like(logp, s / (k - 1)).scatter_(-1, y.unsqueeze(-1), 1.0 - s)
+    return -(t * logp).sum(-1).mean()
+
+
 def softmax_fisher_vp(logits: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """(diag(p) − p pᵀ) v per example: the Hessian of KL(p ‖ softmax(z)) in z at z = logits."""
     p = F.softmax(widen(logits), dim=-1)
