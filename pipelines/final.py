@@ -24,11 +24,12 @@ from robust_core.config import RunConfig, build_run_config, dump_yaml
 __all__ = ["Runner", "Selection", "run_pipeline", "seeded", "select_best"]  # Selection: pipelines.store's
 
 
-def select_best(spec: PipelineSpec, sweep: str) -> Selection:
-    """Best trial of the latest run of ``sweep`` by ``spec.selection_metric`` (a validation metric), by the sweep's
-    own rule (``sweeps.best``: full-budget trials before ones ASHA stopped early, ties to the earlier trial)."""
-    return Store(spec.tracking.uri, spec.tracking.experiment).select_best(sweep, spec.selection_metric,
-                                                                          spec.selection_mode)
+def select_best(spec: PipelineSpec, sweep: str, metric: str | None = None, mode: str | None = None) -> Selection:
+    """Best trial of the latest run of ``sweep`` by ``metric`` (a validation metric; default ``spec.selection_metric``
+    and ``spec.selection_mode``; the plan's source says which: ``val_robust_acc`` for robust-selected rows), by the
+    sweep's own rule (``sweeps.best``: full-budget trials before ones ASHA stopped early, ties to the earlier trial)."""
+    return Store(spec.tracking.uri, spec.tracking.experiment).select_best(
+        sweep, metric or spec.selection_metric, mode or spec.selection_mode)
 
 
 def seeded(cfg: RunConfig, seed: int, vary: list[str]) -> RunConfig:
@@ -96,6 +97,7 @@ class Runner:
         self.retrains: dict[RetrainKey, dict[str, Any]] = {}  # -> {"run_id", "metrics", "reused"}
         self.evals: dict[str, dict[str, Any]] = {}  # eval key -> {"run_id", "records", "audit", "reused"}
         self.trained = self.reused = self.evaluated = self.evals_reused = 0
+        self.errored_trials = 0  # sweep trials that crashed (not diverged): the command exits with 1
         self.parent = ""
 
     # -------------------------------------------------------------- 0. data
@@ -132,10 +134,12 @@ class Runner:
                 self.log(f"[sweep] {name}: finished earlier (run {done}), reused")
                 continue
             self.log(f"[sweep] {name}: {sc.num_trials} trials")
-            self.log(f"[sweep] {run_sweep(sc, progress=False)}")
+            summary = run_sweep(sc, progress=False)
+            self.errored_trials += summary.n_errored
+            self.log(f"[sweep] {summary}")
         for name, src in self.plan.sources.items():
             if name not in self.selections:
-                self.selections[name] = sel = select_best(self.spec, name)
+                self.selections[name] = sel = select_best(self.spec, src.sweep or name, src.metric, src.mode)
                 self.log(f"[select] {name}: trial run {sel.trial_run_id} {sel.metric}={sel.value:.4f}")
 
     # -------------------------------------------------------------- 2. retrains
@@ -325,7 +329,7 @@ def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run
     log(est.summary())
     if dry_run:
         return {"tables": {}, "figures": {}, "trained": 0, "reused": 0, "evaluated": 0, "evals_reused": 0,
-                "parent_run_id": None, "output_dir": spec.output_dir, "estimate": est}
+                "errored_trials": 0, "parent_run_id": None, "output_dir": spec.output_dir, "estimate": est}
     from robust_core.tracking import prepare_store, set_status, start_run
     from sweeps.runner import init_ray
 
@@ -346,4 +350,5 @@ def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run
         raise
     set_status(r.uri, r.parent, "FINISHED")
     return {**written, "trained": r.trained, "reused": r.reused, "evaluated": r.evaluated,
-            "evals_reused": r.evals_reused, "parent_run_id": r.parent, "output_dir": spec.output_dir, "estimate": est}
+            "evals_reused": r.evals_reused, "errored_trials": r.errored_trials, "parent_run_id": r.parent,
+            "output_dir": spec.output_dir, "estimate": est}

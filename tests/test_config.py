@@ -70,6 +70,20 @@ def test_n_labeled_not_multiple_of_classes():
     assert p.startswith("data.n_labeled:") and f"multiple of {k}" in p
 
 
+@pytest.mark.parametrize("over, says", [
+    (["train.schedule=step"], "needs the epochs at which to decay"),
+    (["train.milestones=[3]"], "only used by schedule 'step'"),
+    (["train.schedule=step", "train.epochs=10", "train.milestones=[6,4]"], "strictly increasing"),
+    (["train.schedule=step", "train.epochs=10", "train.milestones=[4,10]"], "[1, 9]"),
+    (["train.schedule=step", "train.decay_factor=1.5", "train.milestones=[4]"], "less than 1"),
+])
+def test_step_schedule_is_validated(over, says):
+    probs = problems_of(over)
+    assert any(p.startswith("train") and says in p for p in probs), probs
+    ok = load_run_config(overrides=["train.schedule=step", "train.epochs=100", "train.milestones=[60,90]"]).train
+    assert ok.milestones == (60, 90) and ok.decay_factor == 0.1
+
+
 def test_several_problems_in_one_error():
     probs = problems_of(["trian.lr=1", "train.lrr=1", "method.name=vat", "method.params.eps=-1",
                          "model.name=mpl", "data.n_labeled=105", "train.epochs=0"])

@@ -1,5 +1,5 @@
-"""xAT / xVAT (multiplicative, hard-concrete masks), FAT (VAT + sign choice + K+1 bad samples), ATLD (latent
-discriminator + IMT): the math in float64, the game's gradient signs, BN/mode contracts, resume, and short real runs."""
+"""xAT / xVAT (multiplicative, hard-concrete masks), FAT (VAT + sign choice + K+1 bad samples): the math in float64,
+the game's gradient signs, BN/mode contracts, resume, and short real runs. ATLD has its own file (test_atld.py)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,6 @@ from conftest import tiny_model
 from robust_core.config import MethodConfig
 from robust_core.methods import Batch, StepContext, build_method
 from robust_core.methods._ops import kl_logits, kl_per_example, l2_normalize
-from robust_core.methods.atld import IMTModel, imt_step_scale, smoothed_targets
 from robust_core.methods.fat import choose_sign, loss_fake, loss_true
 from robust_core.methods.xat import hard_concrete_nonzero_prob, hard_concrete_sample
 from robust_core.modes import frozen_bn_stats
@@ -22,8 +21,8 @@ from robust_core.train import fit
 
 BETA, GAMMA, ZETA = 0.66, -0.1, 1.1
 CASES = [("xat", {"mode": "transductive"}), ("xat", {"mode": "inductive"}), ("xvat", {"mode": "transductive"}),
-         ("xvat", {"mode": "inductive"}), ("fat", {}), ("atld", {"eps": 0.1})]
-IDS = ["xat-trans", "xat-ind", "xvat-trans", "xvat-ind", "fat", "atld"]
+         ("xvat", {"mode": "inductive"}), ("fat", {})]
+IDS = ["xat-trans", "xat-ind", "xvat-trans", "xvat-ind", "fat"]
 N_TRAIN = 40
 
 
@@ -236,59 +235,8 @@ def test_fat_loss_is_eq_8(mnist5k_info):
     assert out.logs["bad_kept"].item() == keep.double().mean().item()
 
 
-# ------------------------------------------------------------------------------------------------------- ATLD
-def test_label_smoothing_targets_sum_to_one():
-    y = torch.tensor([0, 3, 9, 3])
-    t = smoothed_targets(y, 10, 0.5, torch.float64)
-    torch.testing.assert_close(t.sum(1), torch.ones(4, dtype=torch.float64))
-    assert torch.equal(t.argmax(1), y) and t[0, 0] == pytest.approx(0.55) and t[0, 1] == pytest.approx(0.05)
-    logits = torch.randn(4, 10, dtype=torch.float64)
-    torch.testing.assert_close(-(t * F.log_softmax(logits, -1)).sum(1).mean(),
-                               F.cross_entropy(logits, y, label_smoothing=0.5))
-
-
-def test_imt_halving_exactly_in_band():
-    p = torch.tensor([0.1, 0.2999999, 0.3, 0.5, 0.7, 0.7000001, 0.9], dtype=torch.float64)
-    assert imt_step_scale(p, plus=True).tolist() == [1, 1, 0.5, 0.5, 0.5, 1, 1]
-    assert imt_step_scale(p, plus=False).tolist() == [1] * 7
-
-
-@pytest.mark.parametrize("imt", ["imt", "imt_plus"])
-def test_imt_wrapper_steps_and_is_differentiable(imt, mnist5k_info):
-    model, method, _ = setup("atld", {"imt": imt, "imt_eps": 0.05}, mnist5k_info)
-    wrapper = method.inference_model(model)
-    assert isinstance(wrapper, IMTModel)
-    wrapper.eval()
-    torch.manual_seed(0)
-    x = 0.4 + 0.2 * torch.rand(64, *mnist5k_info.shape, dtype=torch.float64)  # no clipping at ±0.05
-    with torch.no_grad():  # rescale D's adversarial logit to mean 0, std 1.5: p_adv spread over (0, 1)
-        a0 = method.disc(model(x))[0]
-        k = 1.5 / a0.std()
-        method.disc.adv.weight.mul_(k)
-        method.disc.adv.bias.mul_(k).sub_(k * a0.mean())
-    with torch.no_grad():
-        p_adv = torch.sigmoid(method.disc(model(x))[0])
-        moved = (wrapper.transform(x) - x).flatten(1).abs().amax(1)
-    band = (p_adv >= 0.3) & (p_adv <= 0.7)
-    assert band.any() and (~band).any()
-    want = torch.where(band & (imt == "imt_plus"), 0.025, 0.05).to(x.dtype)
-    torch.testing.assert_close(moved, want)
-    xr = x.clone().requires_grad_(True)
-    wrapper(xr).logsumexp(-1).sum().backward()
-    assert torch.isfinite(xr.grad).all() and xr.grad.abs().sum() > 0
-    # discriminator_loss accepts logits or inputs, and lowering it is what IMT does
-    torch.testing.assert_close(wrapper.discriminator_loss(x), wrapper.discriminator_loss(model(x)))
-    torch.testing.assert_close(method.discriminator_loss(model, x), wrapper.discriminator_loss(x))
-    assert (wrapper.discriminator_loss(wrapper.transform(x)) <= wrapper.discriminator_loss(x) + 1e-12).float().mean() > 0.9
-
-
-def test_atld_none_is_the_plain_classifier(mnist5k_info):
-    model, method, _ = setup("atld", {"imt": "none"}, mnist5k_info)
-    assert method.inference_model(model) is model
-
-
 # ------------------------------------------------------------------------------- contracts shared by all six
-BN_UPDATES = {"xat": 1, "xvat": 2, "fat": 2, "atld": 2}  # clean passes that update BN statistics (see docstrings)
+BN_UPDATES = {"xat": 1, "xvat": 2, "fat": 2}  # clean passes that update BN statistics (see docstrings)
 
 
 @pytest.mark.parametrize("name,params", CASES, ids=IDS)
@@ -321,7 +269,7 @@ def test_bn_stats_modes_grads_and_no_side_effects(name, params, mnist5k_info):
     assert not any(m.training for m in model.modules())
 
 
-@pytest.mark.parametrize("name", ["xat", "xvat", "fat", "atld"])
+@pytest.mark.parametrize("name", ["xat", "xvat", "fat"])
 def test_default_params_supervised_batch(name, mnist5k_info):
     model, method, batch = setup(name, {}, mnist5k_info, dtype=torch.float32, ssl=False)
     out = method.loss(model, batch, ctx())
@@ -340,14 +288,13 @@ def one_thread():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["xat", "xvat", "fat", "atld"])
+@pytest.mark.parametrize("name", ["xat", "xvat", "fat"])
 def test_short_real_run_learns(name, tiny_cfg, mnist5k_arrays, mnist5k_100, one_thread):
     """200 updates of a 784-64-10 MLP on mnist5k: semi-supervised methods with 100 labels, the others with all."""
     from robust_core.data import PreparedData, make_splits
 
     ssl = name in ("xvat", "fat")
-    over = {"atld": ["method.params.eps=0.1", "method.params.imt_eps=0.02"],
-            "fat": ["method.params.lam_step=0.5"]}.get(name, [])
+    over = {"fat": ["method.params.lam_step=0.5"]}.get(name, [])
     cfg = tiny_cfg([f"method.name={name}", "model.params.hidden=[64]", "train.epochs=2", "train.steps_per_epoch=100",
                     *over])
     data = mnist5k_100
@@ -358,31 +305,3 @@ def test_short_real_run_learns(name, tiny_cfg, mnist5k_arrays, mnist5k_100, one_
     res = fit(cfg, data=data)
     print(f"{name}: val_acc {[h['val_acc'] for h in res.history]}")
     assert res.last["val_acc"] > (0.5 if ssl else 0.75), res.history  # chance is 0.1
-
-
-def test_atld_adaptive_objectives_go_through_imt_and_are_differentiable():
-    """The adaptive suite attacks ATLD with the classifier loss, the discriminator loss and both (table V): each
-    objective is per example, differentiable in x end to end (through IMT), and 'both' is the sum of the parts."""
-    import torch.nn.functional as F
-
-    from robust_core.config import load_run_config
-    from robust_core.data import DATASETS
-    from robust_core.methods import build_method
-    from robust_core.models import build_model
-
-    cfg = load_run_config(overrides=["method.name=atld", "model.params.hidden=[16]"])
-    info = DATASETS.get("mnist5k").info
-    torch.manual_seed(0)
-    model = build_model(cfg.model, info).double().eval()
-    method = build_method(cfg.method, model=model, info=info)
-    method.disc.double().eval()
-    objs = method.adaptive_objectives(model)
-    assert set(objs) == {"discriminator", "both"}
-    x = torch.rand(6, 1, 28, 28, dtype=torch.float64, requires_grad=True)
-    y = torch.arange(6) % 10
-    d = objs["discriminator"](x, y)
-    assert d.shape == (6,) and torch.isfinite(d).all()
-    (g,) = torch.autograd.grad(d.sum(), x)
-    assert g.abs().sum() > 0
-    wrapped = method.inference_model(model)
-    torch.testing.assert_close(objs["both"](x, y), F.cross_entropy(wrapped(x), y, reduction="none") + d)

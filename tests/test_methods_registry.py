@@ -63,10 +63,36 @@ def test_loss_finite_scalar_and_every_parameter_gets_a_gradient(case):
     if out.logits is not None:
         assert out.logits.shape == (8, data.info.num_classes)
     out.loss.backward()
-    params = list(model.named_parameters()) + [(f"aux.{n}", p) for n, p in aux.named_parameters()]
+    adv = method.adversaries()
+    players = set(adv.modules) if adv is not None else set()
+    params = list(model.named_parameters()) + [(f"aux.{k}.{n}", p) for k, m in aux.items() if k not in players
+                                               for n, p in m.named_parameters()]
     for n, p in params:
         assert p.grad is not None, f"{name}: {n} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{name}: {n} has a non-finite gradient"
+
+
+def test_adversaries_are_declared_modules_and_their_loss_trains_only_them(case):
+    """Methods with a second player (``adversaries()``): its modules are keys of ``modules()``; ``adversary_loss``,
+    computed from what ``loss`` saved, is a finite scalar whose gradient reaches every adversary parameter and no
+    classifier parameter (the two optimisers stay apart). Methods without one return None."""
+    name, ssl, data = case
+    model, method, aux = setup_case(name, data)
+    adv = method.adversaries()
+    if adv is None:
+        return
+    assert adv.modules and set(adv.modules) <= set(aux.keys()), f"{name}: {adv.modules} not in {list(aux)}"
+    torch.manual_seed(1)
+    batch = make_batch(data, ssl)
+    out = method.loss(model, batch, CTX)
+    assert all(not t.requires_grad for t in out.saved.values()), f"{name}: out.saved must hold detached tensors"
+    a = method.adversary_loss(model, batch, CTX, out)
+    assert a.loss.dim() == 0 and torch.isfinite(a.loss), f"{name}: adversary loss {a.loss}"
+    a.loss.backward()
+    assert all(p.grad is None for p in model.parameters()), f"{name}: the adversary loss reached the classifier"
+    for k in adv.modules:
+        for n, p in aux[k].named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: adversary {k}.{n} got no gradient"
 
 
 def test_modes_and_optimizer_untouched(case):

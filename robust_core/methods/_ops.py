@@ -47,6 +47,16 @@ def entropy_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1).mean()
 
 
+def smoothed_ce(logits: torch.Tensor, y: torch.Tensor, s: float) -> torch.Tensor:
+    """Mean cross-entropy against label-smoothed targets as Feature Scattering's and ATLD's code build them: the true
+    class keeps 1 − s, the other C − 1 classes share s equally (rows sum to one). (PyTorch's ``label_smoothing=s``
+    instead spreads s over all C classes, leaving 1 − s + s/C on the true one.)"""
+    logp = F.log_softmax(widen(logits), dim=-1)
+    k = logits.shape[-1]
+    t = torch.full_like(logp, s / (k - 1)).scatter_(-1, y.unsqueeze(-1), 1.0 - s)
+    return -(t * logp).sum(-1).mean()
+
+
 def softmax_fisher_vp(logits: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """(diag(p) − p pᵀ) v per example: the Hessian of KL(p ‖ softmax(z)) in z at z = logits."""
     p = F.softmax(widen(logits), dim=-1)
@@ -109,16 +119,20 @@ def vat_direction(
     how: Direction = "exact",
     xi: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit-L2 (per example) approximation of the most KL-sensitive direction at x, and the clean logits."""
+    """Unit-L2 (per example) approximation of the most KL-sensitive direction at x, and the clean logits.
+
+    Computed in float32 (the input's dtype) even inside a bf16/fp16 autocast region: the power iteration's passes
+    run with autocast off, so mixed-precision training changes the cost of these passes, not the direction."""
     from contextlib import nullcontext
 
     from robust_core.modes import frozen_bn_stats
 
     d = l2_normalize(torch.randn_like(x))
     clean = None
-    for k in range(power_iterations):
-        # each step repeats the clean pass: only the first may update BN running statistics (once per batch)
-        with frozen_bn_stats(model) if k else nullcontext():
-            hd, clean = kl_hessian_direction(model, x, d, how, xi)
-        d = l2_normalize(hd)
+    with torch.autocast(x.device.type, enabled=False):
+        for k in range(power_iterations):
+            # each step repeats the clean pass: only the first may update BN running statistics (once per batch)
+            with frozen_bn_stats(model) if k else nullcontext():
+                hd, clean = kl_hessian_direction(model, x, d, how, xi)
+            d = l2_normalize(hd)
     return d, clean

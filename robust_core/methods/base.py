@@ -15,9 +15,29 @@ and one search space ``sweeps/spaces/mymethod.yaml``. Registry-wide tests then c
 parameter gets a gradient, the optimiser and the model's modes untouched).
 
 A method never calls ``zero_grad``/``step``, never changes the model's train/eval mode without restoring it (use
-``robust_core.modes``), and takes device and dtype from its inputs. A method with trainable parts of its own
+``robust_core.modes``), takes device and dtype from its inputs, and never reads a device value on the host inside
+``loss`` (no ``.item()``, ``float(t)``, ``if t:``, boolean-mask indexing): logs are tensors, the loop reads them once
+per epoch (``tests/test_step_sync.py`` checks every registered method). A method with trainable parts of its own
 (a generator, a discriminator, a table of per-example parameters) returns them from ``modules()``: the loop adds
-them to the optimiser and to checkpoints.
+them to the optimiser and to checkpoints (adversaries get their own optimiser, below).
+
+Adversaries (a two-player game such as ATLD's classifier vs discriminator): a method whose ``modules()`` include
+players with an objective of their own returns, from ``adversaries()``, an ``Adversaries`` naming those modules and
+their optimiser. The loop then
+
+1. builds the classifier's optimiser over the model and the *other* modules only, and a second optimiser over the
+   named modules (its own kind, lr, momentum, weight decay; lr constant or following the train schedule);
+2. each step: ``out = loss(model, batch, ctx)``, classifier ``backward`` + ``step``; then ``steps`` times
+   ``adversary_loss(model, batch, ctx, out)`` → ``backward`` + adversary ``step`` (gradients of the adversaries are
+   zeroed first, so whatever ``loss`` wrote into them is discarded). ``out.saved`` carries detached tensors from
+   ``loss`` (e.g. the classifier's logits) so ``adversary_loss`` needs no new forward pass of the classifier;
+   the logs of the last adversary step are merged into the step's logs;
+3. checkpoints and restores the adversary optimiser, its schedule and its gradient scaler.
+
+Gradients that ``loss`` writes into the adversaries are discarded (cheaper to keep them out: evaluate the
+adversaries with detached weights, ``torch.func.functional_call``); ``adversary_loss`` must build its graph from
+``out.saved`` or fresh forward passes, never from ``out.loss``'s graph (freed by then). Methods without adversaries
+(``adversaries()`` returns None, the default) are trained exactly as before.
 """
 from __future__ import annotations
 
@@ -64,6 +84,32 @@ class LossOutput:
     loss: torch.Tensor  # scalar to minimise
     logs: dict[str, torch.Tensor | float] = field(default_factory=dict)  # scalars averaged per epoch
     logits: torch.Tensor | None = None  # clean logits of the labeled batch (for train accuracy), if computed
+    saved: dict[str, torch.Tensor] = field(default_factory=dict)  # detached tensors for ``adversary_loss``
+
+
+@dataclass(frozen=True)
+class Adversaries:
+    """Which of a method's ``modules()`` are adversaries and how the loop optimises them (see the module docstring).
+
+    modules: keys of ``modules()`` trained on ``adversary_loss`` by this optimiser (never by the classifier's).
+    optimizer: ``sgd`` or ``adam`` (AdamW, ``momentum`` = beta1). lr: learning rate. momentum, nesterov,
+    weight_decay: as in ``TrainConfig``. steps: adversary updates per classifier update, on the same batch (≥ 1).
+    follow_schedule: multiply lr by the train schedule's factor (else constant).
+    """
+
+    modules: tuple[str, ...]
+    lr: float
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    steps: int = 1
+    follow_schedule: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam") or not self.lr > 0 or self.steps < 1 or self.weight_decay < 0:
+            raise ValueError(f"Adversaries: optimizer must be sgd|adam, lr > 0, steps ≥ 1, weight_decay ≥ 0 (got "
+                             f"{self.optimizer!r}, {self.lr}, {self.steps}, {self.weight_decay})")
 
 
 class Method:
@@ -81,6 +127,15 @@ class Method:
         return {}
 
     def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> LossOutput:
+        raise NotImplementedError
+
+    def adversaries(self) -> Adversaries | None:
+        """The method's adversaries and their optimiser, or None (the default: no second player)."""
+        return None
+
+    def adversary_loss(self, model: nn.Module, batch: Batch, ctx: StepContext, out: LossOutput) -> LossOutput:
+        """The adversaries' loss on the batch ``loss`` just saw (``out`` is what it returned); minimised by the
+        adversaries' optimiser only. Needed when ``adversaries()`` is not None."""
         raise NotImplementedError
 
     def inference_model(self, model: nn.Module) -> nn.Module:

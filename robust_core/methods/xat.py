@@ -111,11 +111,14 @@ class MaskTable(nn.Module):
         self.theta = nn.Parameter(torch.full((n, 1, *hw), init_log_alpha / lr_scale))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        n = self.theta.shape[0]
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-            raise IndexError(f"mask table has {n} rows (n_train) but the batch asks for index "
-                             f"{int(idx.min())}..{int(idx.max())}; build the method with the training set's size")
-        return self.lr_scale * self.theta[idx]
+        # no range check before indexing: reading idx.min()/max() on the host would synchronise with the GPU every
+        # step; indexing itself raises on the CPU (and hits a device-side assert on CUDA)
+        try:
+            rows = self.theta[idx]
+        except IndexError as e:
+            raise IndexError(f"mask table has {self.theta.shape[0]} rows (n_train) but the batch asks for a row "
+                             f"outside it ({e}); build the method with the training set's size") from e
+        return self.lr_scale * rows
 
 
 class MaskGenerator(nn.Module):

@@ -20,7 +20,8 @@ class Normalize(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Every model: ``features(x)`` is the last hidden layer, ``head`` maps it to logits, ``forward = head∘features``.
+    """Every model: ``features(x)`` is the last hidden layer, ``head`` maps it to logits (a linear layer, or linear +
+    BN for the nets with BN after their last dense layer: affine in eval mode), ``forward = head∘features``.
 
     Subclasses build ``self.body`` (normalised input -> features) and set ``self.feature_dim``.
     """

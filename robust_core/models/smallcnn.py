@@ -1,7 +1,7 @@
-"""Small MNIST convnet of Shaham, Yamada, Negahban ("Understanding adversarial training: Increasing local stability
-of supervised models through robust optimization", Neurocomputing 2018; the TensorFlow MNIST tutorial network):
-5×5 conv 32 → 2×2 maxpool → 5×5 conv 64 → 2×2 maxpool → fc 1024 → linear; ReLU after every hidden layer, 'same'
-padding. ``features`` is the 1024-unit layer. Works for any input size (the flattened size is taken from ``info``).
+"""Small MNIST convnet of the TensorFlow MNIST tutorial: 5×5 conv 32 → 2×2 maxpool → 5×5 conv 64 → 2×2 maxpool →
+fc 1024 → linear; ReLU after every hidden layer, 'same' padding. ``features`` is the 1024-unit layer. Works for any input size (the
+flattened size is taken from ``info``). (Not Shaham et al.'s MNIST net, which pools 3×3 then 2×2 and has a 200-unit
+fc layer: that is ``shaham_cnn``.)
 
 Args: channels: output channels of the two convs, default (32, 64). hidden: units of the fc layer, default 1024.
 """
