@@ -181,7 +181,8 @@ def write_report(cfg, uri: str, experiment: str, out: Path) -> dict[str, str]:
     study = _study(cfg, rows)
     n_complete = sum(1 for t in study.trials if t.state.name == "COMPLETE")
     for fname, what, plot, need in (
-            ("param_importances.png", "Optuna's parameter importances (fANOVA)", ovm.plot_param_importances, 2),
+            ("param_importances.png", "Optuna's parameter importances (its default evaluator)",
+             ovm.plot_param_importances, 2),
             ("parallel_coordinates.png", "Optuna's parallel coordinates", ovm.plot_parallel_coordinate, 1),
             ("optimization_history.png", "Optuna's optimisation history", ovm.plot_optimization_history, 1)):
         if n_complete < need:
@@ -190,6 +191,7 @@ def write_report(cfg, uri: str, experiment: str, out: Path) -> dict[str, str]:
         try:
             with warnings.catch_warnings():  # Optuna marks its matplotlib backend experimental; known, not news
                 warnings.simplefilter("ignore", ExperimentalWarning)
+                warnings.simplefilter("ignore", UserWarning)  # e.g. PED-ANOVA on very few trials: said in the plot
                 ax = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as e:  # Optuna refuses degenerate studies
             made[fname] = f"not drawn: {type(e).__name__}: {e}"
