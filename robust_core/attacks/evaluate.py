@@ -154,7 +154,8 @@ def _run_step(suite: str, step: Step, models: SuiteModels, x: Tensor, y: Tensor,
     key, atk, bs = step.key, step.attack, settings.batch_size
 
     def record(adv: Adversarial, **kw) -> EvalRecord:
-        xs, ys = (adv.x, y) if adv.keep is None else (adv.x[adv.keep], y[adv.keep])
+        yy = y if adv.y is None else adv.y
+        xs, ys = (adv.x, yy) if adv.keep is None else (adv.x[adv.keep], yy[adv.keep])
         acc = (predict(models.deployed, xs, bs) == ys).float().mean().item() if len(ys) else float("nan")
         opts = {**(adv.info or {}), **kw.pop("options", {})}
         return EvalRecord.of(suite, settings.model_name, key, atk, acc, len(ys), settings.seed, sub, flags=adv.flags,
@@ -230,11 +231,13 @@ _LOOP = ("loop", "threat", "base", "records", "audit", "evaluate")  # the attack
 
 def code_files(steps: Iterable[Step], method: str | None = None) -> list[Path]:
     """Source files whose code decides a suite's numbers: the attack loop and runner, the file of every class an
-    attack of ``steps`` is (or inherits from), and — for adaptive objectives — the method's file."""
+    attack of ``steps`` (or one of its ``parts``) is or inherits from, and — for adaptive objectives — the method's
+    file."""
     here = Path(__file__).parent
     files = {here / f"{m}.py" for m in _LOOP}
-    for s in steps:
-        for cls in type(s.attack).__mro__ if s.attack is not None else ():
+    attacks = [a for s in steps if s.attack is not None for a in (s.attack, *getattr(s.attack, "parts", ()))]
+    for a in attacks:  # an attack made of others (the fixed set's one-step attacks): their code too
+        for cls in type(a).__mro__:
             src = inspect.getsourcefile(cls) if cls.__module__ != "builtins" else None
             if src is not None:
                 files.add(Path(src))

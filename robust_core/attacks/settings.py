@@ -113,6 +113,11 @@ class EvalSettings(EvalOptions):
     def l2_curve(self) -> tuple[float, ...]:
         return self.l2_grid if self.l2_grid is not None else self._defaults.l2_grid
 
+    @property
+    def fixed_set_norms(self) -> tuple[str, ...]:
+        """The norms of the one-step attacks that make the fixed set on this dataset (its source's fact)."""
+        return self._defaults.fixed_set_norms
+
     def is_subset(self, n_available: int) -> bool:
         return self.n_examples is not None and self.n_examples < n_available
 

@@ -17,6 +17,7 @@ from typing import Callable, Literal
 
 from robust_core.attacks.autoattack import AutoAttack
 from robust_core.attacks.base import Attack
+from robust_core.attacks.fixed_set import FixedSet
 from robust_core.attacks.gradient import CW, FGSM, PGD, L2Grad
 from robust_core.attacks.key import CLEAN, AttackKey
 from robust_core.attacks.settings import EvalSettings
@@ -110,19 +111,24 @@ def autoattack(s: EvalSettings, sources: tuple[str, ...]) -> list[Step]:
 
 @suite("fixed_set", needs=("baseline",))
 def fixed_set(s: EvalSettings, sources: tuple[str, ...]) -> list[Step]:
-    """Shaham's A_mnist / A_cifar10 as today: the test set attacked once on the baseline model by the one-step L∞,
-    L2 and L1 attacks (FGSM at the L∞ ε, at the L2 ε, and at 5× the L2 ε in L1), shown to the evaluated model."""
-    e, e2 = s.eps_for("linf"), s.eps_for("l2")
-    attacks = [FGSM(eps=e), FGSM(eps=e2, norm="l2"), FGSM(eps=e2 * 5, norm="l1")]
-    return [Step(CLEAN)] + [Step.of(a, source=BASELINE) for a in attacks]
+    """Shaham et al.'s fixed adversarial set (A_mnist / A_cifar10, §5): the one-step attacks of eq. (11) in the
+    dataset's ``fixed_set_norms`` (MNIST L∞, L2, L1; natural images L∞, L2) at its L∞ ε, its L2 ε and 5× its L2
+    ε in L1, run on the correctly classified test points of the baseline, keeping the examples that fool it; the
+    set is shown to the evaluated model. Clean accuracy beside it."""
+    e2 = s.eps_for("l2")
+    fs = FixedSet(eps=s.eps_for("linf"), norm="+".join(s.fixed_set_norms), l2_eps=e2, l1_eps=5 * e2)
+    return [Step(CLEAN), Step.of(fs, source=BASELINE)]
 
 
 @suite("transfer", needs=("sources",))
 def transfer(s: EvalSettings, sources: tuple[str, ...]) -> list[Step]:
-    """Black-box transfer (ATLD table III): PGD-k (k = the first of ``steps``) examples made on each source model,
-    shown to the evaluated model; plus the white-box PGD-k on the evaluated model itself, for the audit."""
-    pgd = PGD(eps=s.eps_for("linf"), n_steps=s.steps[0], step_frac=s.step_frac)
-    return [Step(CLEAN), Step.of(pgd)] + [Step.of(pgd, source=n) for n in sources]
+    """Black-box transfer (ATLD table III): FGSM, PGD-k and CW-k (k = the first of ``steps``) examples made on each
+    source model at the L∞ ε, shown to the evaluated model; plus the white-box PGD-k on the evaluated model itself,
+    for the audit."""
+    e = s.eps_for("linf")
+    pgd = PGD(eps=e, n_steps=s.steps[0], step_frac=s.step_frac)
+    made = [FGSM(eps=e), pgd, CW(eps=e, n_steps=s.steps[0], step_frac=s.step_frac)]
+    return [Step(CLEAN), Step.of(pgd)] + [Step.of(a, source=n) for n in sources for a in made]
 
 
 OBJECTIVES = ("classifier", "discriminator", "both")
