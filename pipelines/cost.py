@@ -3,8 +3,10 @@
 cost of one training step = ``datasets.<d>.cost_step_s`` (seconds per supervised MLE step of the profile's model and
 batch on the profile's device: an assumption written in the profile) × the method's relative cost per step
 (``STEP_COST``, measured on CPU with ``benchmarks/short_budget.py``, see benchmarks/RESULTS.md). An attack pass over
-the test set costs about one training step per batch of ``batch_size`` examples. Sweeps are counted at their full
-budget (ASHA usually stops half or more of the trials early), so the sweep figure is an upper bound.
+the test set costs about one training step per batch of ``batch_size`` examples; so does each pass of the robust
+validation metric of robust-selected rows (``robust_val_steps``: its attack's steps + 1 scoring pass over its
+validation examples, at each epoch it is computed; ``benchmarks/robust_val.py`` measures it). Sweeps are counted at
+their full budget (ASHA usually stops half or more of the trials early), so the sweep figure is an upper bound.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from pipelines.plan import EvalUnit, Plan
+from robust_core.config import DataConfig, TrainConfig
 from robust_core.registry import DATASETS
 
 # × MLE per training step (benchmarks/RESULTS.md, 4×100 steps, MLP on mnist5k, 1 thread)
@@ -31,6 +34,23 @@ def attack_passes(u: EvalUnit) -> int:
 
     steps = SUITES.get(u.suite).steps(u.settings, tuple(n for n, _, _ in u.sources))
     return PROBE_PASSES + sum(1 + (s.attack.passes if s.attack is not None else 0) for s in steps)
+
+
+def robust_val_steps(base: dict) -> int:
+    """Training-step equivalents that computing ``val_robust_acc`` adds to one run of the (raw) run config ``base``:
+    (attack steps + 1 scoring pass) × batches of ``train.batch_size`` validation examples, at every epoch where it is
+    computed (``train.robust_val.epochs`` and the last; every epoch when null). 0 without ``train.robust_val``."""
+    train, data = base.get("train", {}), base.get("data", {})
+    rv = train.get("robust_val")
+    if not rv:
+        return 0
+    epochs = train.get("epochs", TrainConfig.model_fields["epochs"].default)
+    n_val = data.get("n_val", DataConfig.model_fields["n_val"].default)
+    n = min(rv.get("n_examples") or n_val, n_val)
+    passes = (1 if rv.get("attack") == "fgsm" else rv.get("steps", 10)) + 1
+    at = rv.get("epochs")
+    times = epochs if at is None else len({e for e in at if e < epochs} | {epochs})
+    return times * passes * math.ceil(n / train.get("batch_size", TrainConfig.model_fields["batch_size"].default))
 
 
 @dataclass
@@ -79,7 +99,8 @@ def estimate(plan: Plan) -> Estimate:
         n = prof.train_size or DATASETS.get(prof.name).train_size
         spe = raw.get("steps_per_epoch") or math.ceil(n / bs)
         method = plan.sweep_raw[source]["base"]["method"]["name"]
-        return trials * epochs * spe * prof.cost_step_s * STEP_COST.get(method, 3.0)
+        robust = robust_val_steps(plan.sweep_raw[source]["base"]) * prof.cost_step_s
+        return trials * (epochs * spe * prof.cost_step_s * STEP_COST.get(method, 3.0) + robust)
 
     if spec.sweep.mode == "sweep":
         for name, src in plan.sources.items():

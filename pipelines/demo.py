@@ -20,7 +20,7 @@ SWEEP_FILES = ("demo_mle.yaml", "demo_vat.yaml")  # their tracking.experiment is
 def run_demo(out: Path, quick: bool = False) -> int:
     from pipelines.final import run_pipeline
     from pipelines.spec import load_pipeline_spec
-    from robust_core.tracking import start_local_server
+    from robust_core.tracking import start_local_server, stop_local_server
     from sweeps.runner import run_sweep
     from sweeps.spec import load_sweep_config
 
@@ -35,16 +35,18 @@ def run_demo(out: Path, quick: bool = False) -> int:
         load_sweep_config(SWEEPS / f, local + quick_sweep)
     spec = load_pipeline_spec(HERE / "demo.yaml", {"output_dir": str(out / "results"), **(QUICK_PIPELINE if quick else {})})
     uri, server = start_local_server(db, out / "artifacts")
+    errored = 0
     try:
         print(f"[demo] MLflow server at {uri} (store: {db})", flush=True)
         for f in SWEEP_FILES:
             cfg = load_sweep_config(SWEEPS / f, local + [f"tracking.uri={uri}"] + quick_sweep)
             print(f"[demo] sweep {cfg.name}: {cfg.num_trials} trials", flush=True)
-            print(f"[demo] {run_sweep(cfg)}", flush=True)
+            summary = run_sweep(cfg)
+            errored += summary.n_errored
+            print(f"[demo] {summary}", flush=True)
         res = run_pipeline(spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": uri})}))
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_local_server(server)
     for name, files in res["tables"].items():
         print(Path(files["md"]).read_text())
         print(f"[demo] table written to {files['md']} (also .csv, .tex); lineage: {out / 'results' / 'lineage.json'}")
@@ -52,4 +54,4 @@ def run_demo(out: Path, quick: bool = False) -> int:
     print(f"[demo] open the MLflow UI with:\n  mlflow ui --backend-store-uri sqlite:///{db} "
           f"--artifacts-destination {out / 'artifacts'} --host 127.0.0.1 --port 5000\n"
           f"then browse http://127.0.0.1:5000 (experiment '{spec.tracking.experiment}')")
-    return 0
+    return 1 if errored or res["errored_trials"] else 0  # the one exit-code rule (robust_core/cli.py)

@@ -34,8 +34,9 @@ class Selection:
     config: RunConfig
 
 
-def select_best(spec: PipelineSpec, sweep: str) -> Selection:
-    """Best trial of the latest run of ``sweep`` by ``spec.selection_metric`` (a validation metric).
+def select_best(spec: PipelineSpec, sweep: str, metric: str | None = None, mode: str | None = None) -> Selection:
+    """Best trial of the latest run of ``sweep`` by ``metric`` (a validation metric; default ``spec.selection_metric``
+    and ``spec.selection_mode``; the plan's source says which: ``val_robust_acc`` for robust-selected rows).
 
     Trials that ran the full budget are preferred over ones ASHA stopped early; ties go to the earlier trial.
     """
@@ -49,11 +50,11 @@ def select_best(spec: PipelineSpec, sweep: str) -> Selection:
             f"(robust-sweep sweep CONFIG with name: {sweep}) or fix the row's `sweep:` name")
     parent = max(parents, key=lambda r: r.info.start_time)
     trials = find_runs(uri, exp, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`{TAG}kind` = 'trial'")
-    m = spec.selection_metric
+    m = metric or spec.selection_metric
     scored = [r for r in trials if m in r.data.metrics and r.info.status == "FINISHED"]
     if not scored:
         raise LookupError(f"sweep {sweep!r} (run {parent.info.run_id}) has no finished trial with metric {m!r}")
-    sign = 1 if spec.selection_mode == "max" else -1
+    sign = 1 if (mode or spec.selection_mode) == "max" else -1
     full = [r for r in scored if r.data.tags.get(f"{TAG}stopped_early") != "true"] or scored
     best = sorted(full, key=lambda r: (-sign * r.data.metrics[m], r.info.start_time))[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,6 +127,7 @@ class Runner:
         self.retrains: dict[RetrainKey, dict[str, Any]] = {}  # -> {"run_id", "metrics", "reused"}
         self.evals: dict[str, dict[str, Any]] = {}  # eval key -> {"run_id", "records", "audit", "reused"}
         self.trained = self.reused = self.evaluated = self.evals_reused = 0
+        self.errored_trials = 0  # sweep trials that crashed (not diverged): the command exits with 1
         self.parent = ""
 
     # -------------------------------------------------------------- 0. data
@@ -166,10 +168,12 @@ class Runner:
                 self.log(f"[sweep] {name}: finished earlier (run {done[0].info.run_id}), reused")
                 continue
             self.log(f"[sweep] {name}: {sc.num_trials} trials")
-            self.log(f"[sweep] {run_sweep(sc, progress=False)}")
+            summary = run_sweep(sc, progress=False)
+            self.errored_trials += summary.n_errored
+            self.log(f"[sweep] {summary}")
         for name, src in self.plan.sources.items():
             if name not in self.selections:
-                self.selections[name] = sel = select_best(self.spec, name)
+                self.selections[name] = sel = select_best(self.spec, src.sweep or name, src.metric, src.mode)
                 self.log(f"[select] {name}: trial run {sel.trial_run_id} {sel.metric}={sel.value:.4f}")
 
     # -------------------------------------------------------------- 2. retrains
@@ -325,7 +329,7 @@ def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run
     log(est.summary())
     if dry_run:
         return {"tables": {}, "figures": {}, "trained": 0, "reused": 0, "evaluated": 0, "evals_reused": 0,
-                "parent_run_id": None, "output_dir": spec.output_dir, "estimate": est}
+                "errored_trials": 0, "parent_run_id": None, "output_dir": spec.output_dir, "estimate": est}
     from robust_core.tracking import prepare_store, set_status, start_run
     from sweeps.runner import init_ray
 
@@ -346,4 +350,5 @@ def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run
         raise
     set_status(r.uri, r.parent, "FINISHED")
     return {**written, "trained": r.trained, "reused": r.reused, "evaluated": r.evaluated,
-            "evals_reused": r.evals_reused, "parent_run_id": r.parent, "output_dir": spec.output_dir, "estimate": est}
+            "evals_reused": r.evals_reused, "errored_trials": r.errored_trials, "parent_run_id": r.parent,
+            "output_dir": spec.output_dir, "estimate": est}

@@ -4,7 +4,8 @@ estimated) before anything starts.
 Units of work, each identified by a stable key so a rerun finds it in MLflow:
 
 - a *source* (``SourceUnit``): where a row's configuration comes from — an existing sweep, or a sweep the pipeline
-  owns (one per method × setting), or the method's defaults (``sweep.mode: defaults``);
+  owns (one per method × setting × selection metric: a robust-selected row's sweep computes ``val_robust_acc`` at
+  ASHA's rungs and the last epoch and searches on it), or the method's defaults (``sweep.mode: defaults``);
 - a *retrain* (``RetrainKey``): a source's selected config + the row's ``set`` overrides + one seed;
 - an *evaluation* (``EvalUnit``): one suite on one retrained model (+ its transfer sources / fixed-set baseline),
   keyed by the models and by what the suite runs (``robust_core.attacks.evaluate.fingerprint``: its attacks, their
@@ -17,10 +18,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.spec import PAPER_STEPS, ColumnSpec, FigureSpec, PipelineSpec, RowSpec, TableSpec
+from pipelines.spec import PAPER_STEPS, ColumnSpec, FigureSpec, PipelineSpec, RowSpec, Selection, TableSpec
 from robust_core.attacks.key import AttackKey
 from robust_core.attacks.settings import EvalSettings
-from robust_core.config import ConfigError, deep_merge
+from robust_core.config import ROBUST_VAL_METRIC, ConfigError, TrainConfig, deep_merge
 
 
 def display(dataset: str) -> str:
@@ -54,10 +55,13 @@ class Setting:
 
 @dataclass(frozen=True)
 class SourceUnit:
-    name: str  # the sweep name (MLflow parent run); for defaults mode a label
+    name: str  # the key of `Plan.sources`: the sweep name (MLflow parent run); for defaults mode a label
     explicit: bool  # an existing sweep named by the row
     method_key: str | None = None
     setting: Setting | None = None
+    metric: str = "val_acc"  # the validation metric its best trial is selected on
+    mode: str = "max"
+    sweep: str = ""  # explicit: the existing sweep's name ("" = name)
 
 
 @dataclass(frozen=True)
@@ -172,23 +176,34 @@ class Planner:
         lab = prof.labels.get(labels, labels) if labels is not None else None
         return Setting(paper, key, prof.name, lab, prof.display or display(prof.name), stand_in)
 
-    def source(self, row: RowSpec, setting: Setting | None) -> SourceUnit:
+    def source(self, row: RowSpec, setting: Setting | None, selection: Selection = "clean",
+               attack: str | None = None) -> SourceUnit:
+        """``selection``: robust = a sweep of its own on ``val_robust_acc`` (made by ``attack``; None: the profile's
+        ``robust_val.attack``); ignored without sweeps (defaults mode selects nothing, so every row of a method
+        shares the method's defaults)."""
+        robust = selection == "robust" and (row.sweep is not None or self.spec.sweep.mode == "sweep")
+        metric, how = (ROBUST_VAL_METRIC, "max") if robust else (self.spec.selection_metric, self.spec.selection_mode)
         if row.sweep is not None:
-            src = SourceUnit(row.sweep, True)
+            name = f"{row.sweep}[{metric}]" if robust else row.sweep
+            src = SourceUnit(name, True, metric=metric, mode=how, sweep=row.sweep)
         else:
             assert setting is not None and row.method is not None
             mode = "defaults" if self.spec.sweep.mode == "defaults" else "sweep"
             mkey = self._shared_key(row.method)
-            stem = f"{self.spec.name}-{mkey}-{setting.key}" + ("-defaults" if mode == "defaults" else "")
+            prof = self.spec.datasets[setting.profile]
+            assert prof is not None
+            attack = (attack or prof.robust_val.attack) if robust else None
+            suffix = f"-robust_{attack}" if robust else "-defaults" if mode == "defaults" else ""
+            stem = f"{self.spec.name}-{mkey}-{setting.key}{suffix}"
             if stem not in self._names:
-                raw = self._sweep_raw(stem, mkey, setting)
+                raw = self._sweep_raw(stem, mkey, setting, attack)
                 # the name carries a hash of what the sweep is: editing a profile's budget or space starts new
                 # sweeps (the old ones stay in MLflow) instead of clashing with a finished sweep of the same name
                 what = {k: v for k, v in raw.items() if k not in ("name", "tracking", "storage")}
                 self._names[stem] = name = f"{stem}-{_h(what)[:6]}"
                 self.sweep_raw[name] = {**raw, "name": name}
             name = self._names[stem]
-            src = SourceUnit(name, False, mkey, setting)
+            src = SourceUnit(name, False, mkey, setting, metric, how)
         self.sources.setdefault(src.name, src)
         return src
 
@@ -201,7 +216,8 @@ class Planner:
                 return k
         return key
 
-    def _sweep_raw(self, name: str, method_key: str, s: Setting) -> dict[str, Any]:
+    def _sweep_raw(self, name: str, method_key: str, s: Setting, robust_attack: str | None = None) -> dict[str, Any]:
+        """``robust_attack``: None = selected on the clean metric, else on ``val_robust_acc`` made by this attack."""
         from sweeps.spec import default_space_raw
 
         spec, m = self.spec, self.spec.methods[method_key]
@@ -226,16 +242,39 @@ class Planner:
                     space[k] = v
             for k in m.params:  # a fixed param is not searched
                 space.pop(f"method.params.{k}", None)
+        metric, mode = spec.selection_metric, spec.selection_mode
+        if robust_attack is not None:
+            base["train"]["robust_val"] = self.robust_val(s, base["train"].get("epochs"), robust_attack)
+            metric, mode = ROBUST_VAL_METRIC, "max"
         return {"name": name, "base": base, "search_space": space or None, "num_trials": spec.sweep.num_trials,
-                "max_concurrent": spec.sweep.max_concurrent, "metric": spec.selection_metric,
-                "mode": spec.selection_mode, "seed": spec.sweep.seed, "scheduler": spec.sweep.scheduler.model_dump(),
+                "max_concurrent": spec.sweep.max_concurrent, "metric": metric,
+                "mode": mode, "seed": spec.sweep.seed, "scheduler": spec.sweep.scheduler.model_dump(),
                 "resources": spec.resources.model_dump(), "tracking": spec.tracking.model_dump(),
                 "storage": spec.sweep.storage}
 
-    def retrain(self, row: RowSpec, setting: Setting | None, seed: int, col_set: dict[str, Any] | None = None
-                ) -> RetrainKey:
-        """``col_set``: the column's overrides (e.g. ``{data.n_val: 0}``: retrain on train ∪ validation)."""
-        src = self.source(row, setting)
+    def robust_val(self, s: Setting, epochs: Any, attack: str) -> dict[str, Any]:
+        """``train.robust_val`` of a robust-selected source: the profile's ``robust_val`` with ``attack``, at the
+        evaluation ε of its norm, computed at ASHA's rungs (sweep mode) and the last epoch."""
+        from sweeps.spec import asha_rungs
+
+        prof = self.spec.datasets[s.profile]
+        assert prof is not None
+        sched = self.spec.sweep.scheduler
+        epochs = TrainConfig.model_fields["epochs"].default if epochs is None else epochs
+        asha = self.spec.sweep.mode == "sweep" and sched.type == "asha" and isinstance(epochs, int) and epochs >= 1
+        rungs = asha_rungs(sched.grace_period, sched.reduction_factor, epochs) if asha else []
+        return {**prof.robust_val.model_dump(), "attack": attack,
+                "eps": self.eval_settings(s).eps_for(prof.robust_val.norm), "epochs": rungs}
+
+    def retrain(self, row: RowSpec, setting: Setting | None, seed: int, item: TableSpec | FigureSpec | None = None,
+                col_set: dict[str, Any] | None = None) -> RetrainKey:
+        """``item``: the table or figure that shows ``row``; its selection (``PipelineSpec.selection_of``) and
+        ``robust_attack`` pick the source. ``col_set``: the column's overrides (e.g. ``{data.n_val: 0}``: retrain on
+        train ∪ validation)."""
+        if item is None:
+            src = self.source(row, setting)
+        else:
+            src = self.source(row, setting, self.spec.selection_of(item, row), item.robust_attack)
         k = RetrainKey(src.name, json.dumps({**row.set, **(col_set or {})}, sort_keys=True), seed)
         self.retrains.add(k)
         return k
@@ -272,11 +311,11 @@ class Planner:
             self._protocols[memo] = fingerprint(suite, settings, sources, method)
         return self._protocols[memo]
 
-    def eval_unit(self, suite: str, row: RowSpec, setting: Setting, seed_i: int, seeds: list[int],
-                  rows_by_label: dict[str, RowSpec], sources: dict[str, str] | None = None,
+    def eval_unit(self, suite: str, item: TableSpec | FigureSpec, row: RowSpec, setting: Setting, seed_i: int,
+                  seeds: list[int], rows_by_label: dict[str, RowSpec], sources: dict[str, str] | None = None,
                   baseline: str | None = None, col_set: dict[str, Any] | None = None) -> EvalUnit:
         seed = seeds[seed_i]
-        target = self.retrain(row, setting, seed, col_set)
+        target = self.retrain(row, setting, seed, item, col_set)
         from robust_core.attacks.suites import SUITES
 
         needs = SUITES.get(suite).needs
@@ -286,11 +325,11 @@ class Planner:
             # ResNet-18s), of the next seed, so that it is never the evaluated model itself
             other = seeds[(seed_i + 1) % len(seeds)]
             src_rows = {n: RowSpec(label=f"(source {n})", method=k) for n, k in sorted((sources or {}).items())}
-            src = tuple((n, self.retrain(r, setting, other), self.inference(r)) for n, r in src_rows.items())
+            src = tuple((n, self.retrain(r, setting, other, item), self.inference(r)) for n, r in src_rows.items())
         base = None
         if "baseline" in needs:
             b = rows_by_label[baseline]  # type: ignore[index]
-            base = (self.retrain(b, setting, seed), self.inference(b))
+            base = (self.retrain(b, setting, seed, item), self.inference(b))
         settings = self.eval_settings(setting)
         method = self.spec.methods[row.method].method if row.method is not None else None
         proto = self.protocol(suite, settings, tuple(n for n, _, _ in src), method)
@@ -363,15 +402,15 @@ class Planner:
         for r in t.rows:
             for j, rc in enumerate(cols):
                 c, s = rc.spec, rc.setting
-                rets = [self.retrain(r, s, sd, c.set) for sd in seeds]
+                rets = [self.retrain(r, s, sd, t, c.set) for sd in seeds]
                 ref = CellRef(rets, [None] * len(seeds))
                 if c.value == "attack":
                     ref.attack = map_attack(c.attack, self.steps(s))  # type: ignore[arg-type]
-                    ref.evals = [self.eval_unit(c.suite or "", r, s, i, seeds, by_label, t.sources, t.baseline,
+                    ref.evals = [self.eval_unit(c.suite or "", t, r, s, i, seeds, by_label, t.sources, t.baseline,
                                                 c.set) for i in range(len(seeds))]
                 if c.value == "relative_epoch_time":
                     ref_row = RowSpec(label=f"({c.relative_to})", method=c.relative_to)
-                    ref.reference = [self.retrain(ref_row, s, sd, c.set) for sd in seeds]
+                    ref.reference = [self.retrain(ref_row, s, sd, t, c.set) for sd in seeds]
                 cells[(r.label, j)] = ref
         return ResolvedTable(t, t.title + suffix, cols, cells, seeds, foot + list(t.notes))
 
@@ -402,9 +441,9 @@ class Planner:
         evals: dict[tuple[str, str], list[EvalUnit]] = {}
         for r in f.rows:
             for s in settings:
-                rows[(r.label, s.key)] = [self.retrain(r, s, sd) for sd in seeds]
+                rows[(r.label, s.key)] = [self.retrain(r, s, sd, f) for sd in seeds]
                 if suite is not None:
-                    evals[(r.label, s.key)] = [self.eval_unit(suite, r, s, i, seeds, by_label)
+                    evals[(r.label, s.key)] = [self.eval_unit(suite, f, r, s, i, seeds, by_label)
                                                for i in range(len(seeds))]
         attacks = [map_attack(a, self.steps(settings[0])) for a in f.attacks]
         for a in attacks if suite is not None else ():

@@ -12,6 +12,17 @@ A profile file (``pipelines/paper.yaml``, ``laptop.yaml``, ``smoke.yaml``) says 
 papers' tables and figures, shared) and adds how each paper dataset is run: ``datasets: {mnist: {...}, svhn: null}``
 (``null`` = not available in this profile: its columns are left out, with a footnote). ``overrides:`` changes one
 table or figure by name (e.g. fewer seeds for a sensitivity table).
+
+Selection: a table or figure that reports accuracy under attack (a column with ``value: attack`` other than clean;
+figure kinds curves, budget, bars) selects its rows' configurations on the robust validation metric
+``val_robust_acc`` (``selection: robust``); the others on ``selection_metric`` (``val_acc``; ``selection: clean``).
+A row, a method key or a table/figure may say ``selection:`` explicitly, in that precedence (e.g. ``clean`` for a
+standard-training baseline, whose robust accuracy is about 0 for every configuration). A table shows one model per
+row and seed in all of its columns (Shaham's test and A_mnist columns show the same nets). A method shown in a clean
+and in a robust table gets one sweep per selection (and per robust attack): the robust one computes
+``val_robust_acc`` (``datasets.<d>.robust_val``: how, at the dataset's evaluation ε; the table's or figure's
+``robust_attack`` names the attack when its threat is not the profile's default PGD, e.g. ``fgsm`` for tables of
+one-step attacks) at ASHA's rungs and the last epoch, and searches and selects on it.
 """
 from __future__ import annotations
 
@@ -24,11 +35,13 @@ from typing_extensions import Annotated
 
 from robust_core.attacks.key import AttackKey
 from robust_core.attacks.settings import EvalOptions
-from robust_core.config import ConfigError, _format_errors, deep_merge, read_yaml
+from robust_core.config import ConfigError, RobustValOptions, _format_errors, deep_merge, read_yaml
 
 PAPER_DATASETS = ("mnist", "svhn", "cifar10", "cifar100")
 PAPER_STEPS = (20, 40, 100)  # the papers' PGD/CW step counts; a profile's eval.steps maps onto them in order
 NAME = r"^[A-Za-z0-9_.-]+$"
+Selection = Literal["clean", "robust"]  # which validation metric a row's configuration is selected on
+RobustAttack = Literal["pgd", "cw", "fgsm"]  # the attack of robust selection (robust_core.config.RobustValOptions)
 # an attack as a column names it, parsed once (robust_core.attacks.key): `pgd-20`, `pgd-20[both]`, `fgsm@baseline`
 AttackField = Annotated[AttackKey, PlainValidator(AttackKey.coerce), PlainSerializer(str)]
 
@@ -56,6 +69,7 @@ class MethodSpec(_Strict):
     inference: dict[str, Any] = Field(default_factory=dict)
     model: dict[str, dict[str, Any]] = Field(default_factory=dict)
     train: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    selection: Selection | None = None  # e.g. clean for a standard-training baseline, in every table; None: the table's
 
     def for_dataset(self, field: str, paper: str | None) -> Any:
         d = getattr(self, field)
@@ -98,6 +112,7 @@ class RowSpec(_Strict):
     method: str | None = None  # or: a key of `methods:` (the pipeline owns the sweeps)
     set: dict[str, Any] = Field(default_factory=dict)  # dotted overrides on the selected config (sensitivity rows)
     paper: dict[str, PublishedValue] = Field(default_factory=dict)  # column label -> published value (tables only)
+    selection: Selection | None = None  # None: the table's / figure's
 
     @model_validator(mode="after")
     def _one_source(self) -> "RowSpec":
@@ -161,6 +176,12 @@ class TableSpec(_Strict):
     sources: dict[str, str] = Field(default_factory=dict)  # transfer: source name -> a key of `methods:` (its model)
     baseline: str | None = None  # fixed_set: the row whose model the fixed adversarial set is generated on
     notes: list[str] = Field(default_factory=list)
+    selection: Selection | None = None  # None: robust when a column reports accuracy under an attack, else clean
+    robust_attack: RobustAttack | None = None  # robust selection's attack (the table's threat); None: the profile's
+
+    @property
+    def reports_robust(self) -> bool:
+        return any(c.value == "attack" and c.attack is not None and c.attack.name != "clean" for c in self.columns)
 
 
 FigureKind = Literal["curves", "budget", "epochs", "epochs_to_reach", "bars"]
@@ -188,6 +209,12 @@ class FigureSpec(_Strict):
     pairs: list[list[str]] = Field(default_factory=list)  # epochs: row labels shown together
     thresholds: list[float] = Field(default_factory=list)  # epochs_to_reach: test accuracies in %
     seeds: list[int] | None = None
+    selection: Selection | None = None  # None: robust for kinds curves, budget and bars (accuracy under attack)
+    robust_attack: RobustAttack | None = None  # robust selection's attack; None: the profile's robust_val.attack
+
+    @property
+    def reports_robust(self) -> bool:
+        return self.kind in ("curves", "budget", "bars")
 
 
 class ResourcesSpec(_Strict):
@@ -200,7 +227,9 @@ class DatasetProfile(_Strict):
     config overrides (epochs, steps_per_epoch, batch sizes, lr, ...). labels: paper label count -> this profile's
     (unlisted counts are kept). n_val: validation examples carved from train. eval: how its models are evaluated
     (``robust_core.attacks.settings.EvalOptions``: eps, l2_eps, steps, step_frac, restarts, batch_size, eps_grid,
-    l2_grid, eot_samples, autoattack, n_examples, seed, audit), validated with the rest of the profile."""
+    l2_grid, eot_samples, autoattack, n_examples, seed, audit), validated with the rest of the profile. robust_val:
+    how the robust validation metric of robust-selected rows is measured (``robust_core.config.RobustValOptions``:
+    attack, norm, steps, step_frac, n_examples, seed; its radius is ``eval``'s ε of that norm)."""
 
     name: str
     display: str | None = None  # column header name (default: the dataset name)
@@ -209,6 +238,7 @@ class DatasetProfile(_Strict):
     labels: dict[int, int] = Field(default_factory=dict)
     n_val: int | None = Field(None, ge=1)
     eval: EvalOptions = Field(default_factory=EvalOptions)
+    robust_val: RobustValOptions = Field(default_factory=RobustValOptions)  # how robust selection measures (at eval ε)
     cost_step_s: float | None = Field(None, gt=0)  # seconds per supervised (MLE) training step, for the estimate
     train_size: int | None = Field(None, ge=1)  # examples in train (for the estimate when steps_per_epoch is null)
 
@@ -221,7 +251,8 @@ class SchedulerSpec(_Strict):
 
 class SweepDefaults(_Strict):
     """Sweeps the pipeline owns. mode: ``sweep`` (Ray Tune + Optuna + ASHA, then the best trial on the validation
-    metric) or ``defaults`` (no search: the method's defaults and the profile's budget; for the smoke profile)."""
+    metric: ``val_acc``, or ``val_robust_acc`` for robust-selected rows) or ``defaults`` (no search and no selection:
+    the method's defaults and the profile's budget, shared by clean and robust rows; for the smoke profile)."""
 
     mode: Literal["sweep", "defaults"] = "sweep"
     num_trials: int = Field(8, ge=1)
@@ -238,7 +269,7 @@ class PipelineSpec(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)  # 5, as the papers do
     vary: list[Literal["train.seed", "data.split_seed"]] = Field(
         default_factory=lambda: ["train.seed", "data.split_seed"])  # what each seed changes
-    selection_metric: str = "val_acc"  # read from the sweep's trials; never a test metric
+    selection_metric: str = "val_acc"  # clean selection: read from the sweep's trials; never a test metric
     selection_mode: Literal["max", "min"] = "max"
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     title_suffix: str = ""  # appended to every title, e.g. "mnist5k, reduced budget"
@@ -275,6 +306,13 @@ class PipelineSpec(_Strict):
     @property
     def outputs(self) -> list[str]:
         return [t.name for t in self.tables] + [f.name for f in self.figures]
+
+    def selection_of(self, item: TableSpec | FigureSpec, row: RowSpec) -> Selection:
+        """Which validation metric ``row`` of ``item`` is selected on: the row's ``selection``, else its method's,
+        else the table's / figure's, else robust when that reports accuracy under attack."""
+        m = self.methods.get(row.method) if row.method is not None else None
+        return (row.selection or (m.selection if m is not None else None) or item.selection
+                or ("robust" if item.reports_robust else "clean"))
 
 
 def cross_problems(spec: PipelineSpec) -> list[str]:

@@ -1,13 +1,24 @@
-"""``robust-sweep``: trial | sweep | final | eval | demo. Exit code 2 for invalid input (nothing launched)."""
+"""``robust-sweep``: trial | sweep | final | eval | demo.
+
+One exit-code rule for every entry point (also ``sweeps/run.py``):
+
+- 0: every trial finished or diverged (a divergence is a finding about its hyperparameters, counted in the summary);
+- 1: some trial errored otherwise (a crash, a node lost beyond its retries), or the command itself crashed;
+- 2: invalid input: a bad config, value or file (``error:`` naming it and what to do; nothing launched, no MLflow
+  run left RUNNING).
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import Callable
 
 from robust_core.config import ConfigError
+from robust_core.errors import InputError
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -18,6 +29,7 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 def cmd_trial(args: argparse.Namespace) -> int:
     """One trial in this process, no Ray: the same run_trial a Ray trial calls."""
     from robust_core.config import deep_merge, load_run_config, parse_overrides
+    from robust_core.errors import TrainingDiverged
     from robust_core.reporting import CheckpointDir, Console, Many
     from robust_core.trial import run_trial
 
@@ -33,7 +45,11 @@ def cmd_trial(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, over, base=base)
     out = Path(args.out or f"runs/trials/{cfg.method.name}-{cfg.data.name}-{cfg.fingerprint()}")
     print(f"trial: method={cfg.method.name} data={cfg.data.name} model={cfg.model.name} -> {out}", file=sys.stderr)
-    reporters = [Console(), CheckpointDir(out / "checkpoint") if not args.no_resume else None]
+    ckpt = None if args.no_resume else CheckpointDir(out / "checkpoint")
+    if ckpt is not None:
+        _check_checkpoint(ckpt, cfg)  # a bad checkpoint is an input error before anything starts
+    reporters = [Console(), ckpt]
+    mlflow = None
     if args.tracking_uri and not args.from_run:
         from robust_core.tracking import MLflowReporter, prepare_store, start_run
 
@@ -41,10 +57,42 @@ def cmd_trial(args: argparse.Namespace) -> int:
         run_id = start_run(args.tracking_uri, exp_id, f"trial-{cfg.method.name}",
                            {"robust_sweep.kind": "local_trial", "robust_sweep.method": cfg.method.name,
                             "robust_sweep.dataset": cfg.data.name})
-        reporters.append(MLflowReporter(args.tracking_uri, run_id))
-    final, _ = run_trial(cfg, Many(*reporters), out_dir=out, evaluate_test=args.test, progress=not args.quiet)
+        mlflow = MLflowReporter(args.tracking_uri, run_id)
+        reporters.append(mlflow)
+    try:
+        run_trial(cfg, Many(*reporters), out_dir=out, evaluate_test=args.test, progress=not args.quiet)
+    except TrainingDiverged as e:
+        reason = str(e).splitlines()[0]
+        if mlflow is not None:
+            mlflow.fail(reason, traceback.format_exc(), {"robust_sweep.failure": "diverged"})
+        print(f"trial diverged: {reason}\n(a finding about these hyperparameters, not an error: exit code 0)",
+              file=sys.stderr)
+        return 0
+    except BaseException as e:  # the MLflow run is not left RUNNING
+        if mlflow is not None:
+            mlflow.fail(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}", traceback.format_exc(),
+                        status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
     print(f"saved model to {out / 'model.pt'}; evaluate it with: robust-sweep eval {out} --suite whitebox")
     return 0
+
+
+def _check_checkpoint(ckpt, cfg) -> None:
+    """Read the checkpoint a local trial would resume from: unreadable, foreign or of another config -> BadFileError."""
+    from robust_core.errors import BadFileError
+    from robust_core.reporting import CHECKPOINT_FILE
+
+    state = ckpt.load()
+    if state is None:
+        return
+    f = ckpt.path / CHECKPOINT_FILE
+    missing = [k for k in ("fingerprint", "epoch", "model", "history") if k not in state]
+    if missing:
+        raise BadFileError(f, f"is not a robust-sweep checkpoint (missing {', '.join(missing)}); delete it to start "
+                              "the trial over")
+    if state["fingerprint"] != cfg.fingerprint():
+        raise BadFileError(f, "was written by a different config; delete it to start over with this config, or "
+                              "rerun with the config it was made with (config.yaml beside it), or use another --out")
 
 
 def _config_of_run(run_id: str, uri: str | None) -> dict:
@@ -67,7 +115,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = load_sweep_config(args.config, args.overrides)  # fully validated before Ray starts
     summary = run_sweep(cfg)
     print(summary)
-    return 0
+    return 1 if summary.n_errored else 0
 
 
 def cmd_final(args: argparse.Namespace) -> int:
@@ -87,7 +135,10 @@ def cmd_final(args: argparse.Namespace) -> int:
     print(f"trained {res['trained']} model(s), reused {res['reused']}; ran {res['evaluated']} evaluation(s), reused "
           f"{res['evals_reused']}; {(time.time() - t0) / 60:.1f} min")
     print(f"index: {res['index']}; reproduction: {res['reproduction']}; lineage: {res['output_dir']}/lineage.json")
-    return 0
+    if res["errored_trials"]:
+        print(f"{res['errored_trials']} sweep trial(s) errored (see the sweeps' MLflow runs); exit code 1",
+              file=sys.stderr)
+    return 1 if res["errored_trials"] else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -150,19 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def guarded(command: Callable[[], int]) -> int:
+    """Run an entry point under the exit-code rule: invalid input -> ``error: ...`` and 2; Ctrl-C -> 130; any other
+    exception propagates (its traceback, exit code 1)."""
     try:
-        return args.func(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, LookupError) as e:  # missing model/data files, unknown sweep or run
+        return command()
+    except (ConfigError, InputError, FileNotFoundError, LookupError) as e:  # bad config/files, unknown sweep or run
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return guarded(lambda: args.func(args))
 
 
 if __name__ == "__main__":

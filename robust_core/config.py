@@ -37,7 +37,7 @@ def parse_number(v: Any) -> Any:
         s = v.strip()
         if re.fullmatch(r"[-+]?\d+(\.\d*)?\s*/\s*\d+(\.\d*)?", s):
             num, den = (float(t) for t in s.split("/"))
-            return num / den
+            return num / den if den else v  # 1/0 stays a string: the field then reports it is not a number
         try:
             return float(Fraction(s)) if re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?", s, re.I) else v
         except (ValueError, ZeroDivisionError):
@@ -47,6 +47,13 @@ def parse_number(v: Any) -> Any:
 
 Number = Annotated[float, BeforeValidator(parse_number)]
 """A float that may be written as a fraction (``eps: 8/255``); parsed once, here."""
+
+
+def linf_pixel_radius(v: float | None) -> float | None:
+    """An L∞ radius of inputs in [0, 1] is at most 1: the one check of every config's L∞ ε (``8`` meant ``8/255``)."""
+    if v is not None and v > 1:
+        raise ValueError(f"{v} > 1: ε is in pixel units of inputs in [0, 1] (write 8/255, not 8)")
+    return v
 
 
 class Strict(BaseModel):
@@ -77,6 +84,75 @@ class MethodConfig(Strict):
         return METHODS.get(self.name).Params.model_validate(self.params)
 
 
+ROBUST_VAL_METRIC = "val_robust_acc"  # what fit reports when train.robust_val is set (a sweep / selection metric)
+
+
+class RobustValOptions(Strict):
+    """How the robust validation metric ``val_robust_acc`` is measured (what a pipeline profile sets in
+    ``datasets.<d>.robust_val``): the accuracy of the deployed model (``method.inference_model``) on the validation
+    split under one attack of the one attack loop (``robust_core.attacks``), in eval mode. Never the test set.
+
+    attack: "pgd" (default: PGD-k from a random start, Madry et al. 2018), "cw" (PGD-k on the Carlini-Wagner
+    margin) or "fgsm" (one step of length ε; ``steps`` and ``step_frac`` unused). norm: "linf" (default) or "l2".
+    steps: 10 (PGD/CW iterations; a ranking signal for selection, not a final number: the tables' attacks are the
+    evaluation suites'). step_frac: 0.25 (step = step_frac·ε). n_examples: None = the whole validation split; N = a
+    seeded subset of it, the same examples at every epoch and in every trial. seed: 0 (the subset and the random
+    starts, fixed, so epochs and trials are compared on the same draws).
+    """
+
+    attack: Literal["pgd", "cw", "fgsm"] = "pgd"
+    norm: Literal["linf", "l2"] = "linf"
+    steps: int = Field(10, ge=1)
+    step_frac: float = Field(0.25, gt=0)
+    n_examples: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class RobustValConfig(RobustValOptions):
+    """``train.robust_val``: compute ``val_robust_acc`` (``RobustValOptions``) during training.
+
+    eps: the radius, pixel units of inputs in [0, 1] (None = the dataset's default for ``norm``, from its source:
+    0.3 on MNIST, 8/255 on CIFAR-10; the pipeline writes the profile's evaluation ε here). epochs: the epochs
+    (1-based) at which it is computed besides the last one, which always is (None = every epoch). A sweep that
+    selects on it with ASHA needs every rung among them (``sweeps/spec.py`` checks; the pipeline writes the rungs),
+    because ASHA compares trials on the first report at or after each rung that carries the metric.
+    """
+
+    eps: Annotated[Number, Field(ge=0)] | None = None
+    epochs: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+
+    @field_validator("epochs")
+    @classmethod
+    def _sorted(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        return None if v is None else tuple(sorted(set(v)))
+
+    @field_validator("eps")
+    @classmethod
+    def _pixel_units(cls, v: float | None, info: ValidationInfo) -> float | None:
+        return linf_pixel_radius(v) if info.data.get("norm", "linf") == "linf" else v
+
+    def due(self, epoch: int, last: int) -> bool:
+        """Whether to compute it after ``epoch`` (1-based) of a run of ``last`` epochs."""
+        return self.epochs is None or epoch == last or epoch in self.epochs
+
+    def radius(self, dataset: str) -> float:
+        """ε: the configured one, else the dataset's default for ``norm`` (``EvalSettings.eps_for``, from its source:
+        the evaluations' rule)."""
+        from robust_core.attacks.settings import EvalSettings
+
+        return self.eps if self.eps is not None else EvalSettings(dataset=dataset).eps_for(self.norm)
+
+    def attack_for(self, dataset: str):
+        """The ``robust_core.attacks`` attack that makes the examples, at ``radius(dataset)``."""
+        from robust_core.attacks.gradient import CW, FGSM, PGD
+
+        eps = self.radius(dataset)
+        if self.attack == "fgsm":
+            return FGSM(eps=eps, norm=self.norm)
+        return (CW if self.attack == "cw" else PGD)(eps=eps, norm=self.norm, n_steps=self.steps,
+                                                     step_frac=self.step_frac)
+
+
 class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1)  # None: one pass over the largest training pool
@@ -97,6 +173,18 @@ class TrainConfig(Strict):
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype; fp16 adds a gradient scaler (CUDA only)
     deterministic: bool = True
     eval_batch_size: int = Field(1000, ge=1)
+    robust_val: RobustValConfig | None = None  # also report val_robust_acc (robust selection); None: not computed
+    # Execution only (results equal up to float rounding; data_placement and data_dtype: bit-identical):
+    # where the training set lives: on the training device (batches gathered and indices drawn there: no copy and
+    # no wait per step), in host memory (pinned; each batch copied over), or auto = the device when the set takes at
+    # most a quarter of its free memory (always on CPU). See robust_core/data/placement.py.
+    data_placement: Literal["auto", "device", "host"] = "auto"
+    # storage dtype of the images: uint8 (4x smaller; each batch converted to the exact float32 values in [0, 1]),
+    # float32, or auto = uint8 for 8-bit image data on CUDA, float32 elsewhere (on CPU a copy would add memory)
+    data_dtype: Literal["auto", "uint8", "float32"] = "auto"
+    channels_last: bool = False  # NHWC memory layout for the model's 2-D convolutions and their inputs (CUDA: faster
+    #                              convs, with amp especially); no effect on models without 2-D convolutions
+    compile: bool = False  # torch.compile the classifier the method calls (inductor; compiles once per mode/shape)
 
     @field_validator("milestones")
     @classmethod
@@ -273,6 +361,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError([f"{p}: not valid YAML: {e}"], str(p)) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{p}: not a text file (YAML must be UTF-8 text); check the path"], str(p)) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{p}: top level must be a mapping, got {type(data).__name__}"], str(p))
     return data

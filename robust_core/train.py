@@ -4,6 +4,12 @@ It owns seeding, data batching, optimiser and schedule, AMP, train/eval modes, p
 (model, method modules, optimiser, scheduler, scaler, the adversaries' optimiser, samplers and every RNG, so a
 resumed run continues exactly as an uninterrupted one) and reporting. A method only turns a batch into a loss (and,
 for a method with adversaries such as ATLD's discriminator, into the adversaries' loss: ``AdversaryTrainer``).
+
+The step never waits for the device (``tests/test_step_sync.py`` checks every registered method): the training set
+is resident on the device and batches are gathered there (``robust_core.data.placement``), indices are drawn there,
+losses/logs/accuracy go into an on-device ``EpochMeter`` that is read once per epoch, and the non-finite-loss guard
+is evaluated from it then (naming the first bad step). Options: ``train.amp`` (autocast), ``train.channels_last``,
+``train.compile``.
 """
 from __future__ import annotations
 
@@ -19,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_core.config import RunConfig
+from robust_core.config import ROBUST_VAL_METRIC, RobustValConfig, RunConfig
 from robust_core.data import PreparedData, prepare_data
+from robust_core.data.placement import place_images
 from robust_core.errors import TrainingDiverged
 from robust_core.methods import Batch, Method, StepContext, build_method
 from robust_core.models import build_model
@@ -43,29 +50,124 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# Checkpoints load with ``torch.load(weights_only=True)`` (a crafted file must not run code), which unpickles only
+# tensors, numbers, strings and containers of them: numpy's and Python's RNG states are stored in those forms.
+def numpy_rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    assert kind == "MT19937", kind
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+            "cached_gaussian": float(gauss)}
+
+
+def set_numpy_rng_state(s: dict[str, Any]) -> None:
+    np.random.set_state(("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"],
+                         s["cached_gaussian"]))
+
+
+def python_rng_state() -> dict[str, Any]:
+    version, internal, gauss_next = random.getstate()
+    return {"version": version, "internal": list(internal), "gauss_next": gauss_next}
+
+
+def set_python_rng_state(s: dict[str, Any]) -> None:
+    random.setstate((s["version"], tuple(s["internal"]), s["gauss_next"]))
+
+
 class PermutationSampler:
-    """Batches of indices drawn from successive random permutations of ``range(n)``; checkpointable."""
+    """Batches of indices drawn from successive random permutations of ``range(n)``, on the generator's device (the
+    training device when the data is resident there: no host round trip per step); checkpointable with plain tensors
+    and ints (``state_dict``: the permutation on the CPU and the position)."""
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
         if n == 0:
             raise ValueError("cannot sample batches from an empty set")
         self.n, self.batch_size, self.gen = n, min(batch_size, n), generator
-        self.perm = torch.randperm(n, generator=generator)
+        self.perm = self._permutation()
         self.pos = 0
+
+    def _permutation(self) -> torch.Tensor:
+        return torch.randperm(self.n, generator=self.gen, device=self.gen.device)
 
     def next(self) -> torch.Tensor:
         if self.pos + self.batch_size > self.n:
-            self.perm = torch.randperm(self.n, generator=self.gen)
+            self.perm = self._permutation()
             self.pos = 0
         out = self.perm[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"perm": self.perm.clone(), "pos": self.pos}
+        return {"perm": self.perm.cpu().clone(), "pos": self.pos}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
-        self.perm, self.pos = s["perm"].clone(), int(s["pos"])
+        self.perm, self.pos = s["perm"].to(self.gen.device).clone(), int(s["pos"])
+
+
+class EpochMeter:
+    """Per-step scalars of one epoch kept on the device, read with ONE host transfer at the end (``read``).
+
+    Each step writes a row (loss, number of correct predictions, the method's tensor logs) into a preallocated
+    (steps, k) buffer — a device-side copy, no synchronisation. Python-number logs are summed on the host. ``read``
+    returns the epoch means and the 1-based step of the first non-finite loss (or None) with that step's logs, so
+    the divergence guard costs nothing per step.
+    """
+
+    def __init__(self, steps: int, device: torch.device) -> None:
+        self.steps, self.device = steps, device
+        self.rows: dict[tuple[str, ...], torch.Tensor] = {}  # one (steps, k) buffer per set of log names
+        self.which: list[tuple[str, ...]] = []  # the buffer each step wrote
+        self.host: list[dict[str, float]] = []  # each step's Python-number logs
+        self.seen = 0
+
+    def add(self, loss: torch.Tensor, logs: dict[str, Any], logits: torch.Tensor | None, y: torch.Tensor) -> None:
+        names = ["loss"] + [k for k, v in logs.items() if isinstance(v, torch.Tensor)]
+        vals = [loss.detach()] + [logs[k].detach() for k in names[1:]]
+        if logits is not None:
+            names.append("correct")
+            vals.append((logits.detach().argmax(1) == y).sum())
+            self.seen += len(y)
+        key = tuple(names)
+        if key not in self.rows:  # float64 (exact counts, sums as precise as the host's); MPS has no float64
+            dtype = torch.float32 if self.device.type == "mps" else torch.float64
+            self.rows[key] = torch.zeros(self.steps, len(key), device=self.device, dtype=dtype)
+        buf = self.rows[key]
+        buf[len(self.which)] = torch.stack([v.reshape(()).to(buf.dtype) for v in vals])
+        self.which.append(key)
+        self.host.append({k: float(v) for k, v in logs.items() if not isinstance(v, torch.Tensor)})
+
+    def read(self) -> tuple[dict[str, float], int | None, dict[str, float]]:
+        """(epoch means ``train_<name>`` and ``train_acc``, 1-based step of the first non-finite loss or None, the
+        logs of that step). Means divide by the epoch's step count (a log absent from some steps counts 0 there)."""
+        n, keys = len(self.which), list(self.rows)
+        if n == 0:
+            return {}, None, {}
+        loss = sum(self.rows[k][:n, 0] for k in keys)  # each step wrote one buffer; the others hold 0 there
+        steps = torch.arange(n, device=self.device)
+        first = torch.where(torch.isfinite(loss), n, steps).min()
+        at = first.clamp(max=n - 1)
+        flat = torch.cat([first.reshape(1).to(loss.dtype)] + [self.rows[k].sum(0) for k in keys]
+                         + [self.rows[k][at] for k in keys]).tolist()  # the epoch's one host synchronisation
+        sums: dict[str, float] = {}
+        for d in self.host:
+            for k, v in d.items():
+                sums[k] = sums.get(k, 0.0) + v
+        pos, at_rows = 1, {}
+        for k in keys:
+            for name, v in zip(k, flat[pos : pos + len(k)]):
+                sums[name] = sums.get(name, 0.0) + v
+            pos += len(k)
+        for k in keys:
+            at_rows[k] = dict(zip(k, flat[pos : pos + len(k)]))
+            pos += len(k)
+        correct = sums.pop("correct", None)
+        metrics = {("train_loss" if k == "loss" else f"train_{k}"): v / self.steps for k, v in sums.items()}
+        if correct is not None and self.seen:
+            metrics["train_acc"] = correct / self.seen
+        first_bad = int(flat[0])
+        if first_bad >= n:
+            return metrics, None, {}
+        at_bad = {k: v for k, v in at_rows[self.which[first_bad]].items() if k != "correct"}
+        return metrics, first_bad + 1, {**at_bad, **self.host[first_bad]}
 
 
 def lr_factor(schedule: str, decay_start: float, total: int, milestones: tuple[int, ...] = (),
@@ -94,10 +196,16 @@ def schedule_of(t, steps_per_epoch: int) -> Callable[[int], float]:
 
 
 def make_optimizer(cfg, params) -> torch.optim.Optimizer:
+    """AdamW or SGD from a ``TrainConfig``. The fused kernels where they exist (CPU, CUDA): one kernel for all
+    parameters, step counters kept on the device (the for-each version reads them on the host every step), and on
+    this CPU 4-5x faster for AdamW on the VAT MLP (benchmarks/RESULTS.md); same update up to float rounding."""
+    params = list(params)
+    fused = {"fused": True} if params and all(p.device.type in ("cpu", "cuda") for p in params) else {}
     if cfg.optimizer == "adam":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay,
+                                 **fused)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay)
+                           weight_decay=cfg.weight_decay, **fused)
 
 
 class AdversaryTrainer:
@@ -152,15 +260,35 @@ def _one(step: int) -> float:
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
     """Clean accuracy and mean cross-entropy, in eval mode (restored afterwards); device taken from the model."""
     dev = next(model.parameters()).device
-    correct, loss_sum = 0, 0.0
+    sums = torch.zeros(2, device=dev, dtype=torch.float32 if dev.type == "mps" else torch.float64)
     with eval_mode(model):
         for i in range(0, len(x), batch_size):
             xb, yb = x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev)
             out = model(xb).float()
-            loss_sum += F.cross_entropy(out, yb, reduction="sum").item()
-            correct += (out.argmax(1) == yb).sum().item()
+            sums += torch.stack([F.cross_entropy(out, yb, reduction="sum"), (out.argmax(1) == yb).sum()]).to(sums)
+    loss_sum, correct = sums.tolist()  # one host synchronisation for the whole set
     n = max(1, len(x))
     return {"acc": correct / n, "loss": loss_sum / n}
+
+
+def robust_validation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rv: RobustValConfig, dataset: str,
+                      batch_size: int = 1000) -> dict[str, float]:
+    """``val_robust_acc``: accuracy of ``model`` (the deployed network) on the validation examples ``(x, y)`` (or
+    ``rv.n_examples`` of them, a seeded subset) under ``rv``'s attack on ``dataset``'s radius, through the one attack
+    loop, in eval mode (restored afterwards); ``val_robust_time_s``: its wall seconds. Runs with a forked RNG and its
+    own seeded generator: the caller's random streams are untouched, so training continues exactly as without it."""
+    from robust_core.attacks.base import model_device, predict
+    from robust_core.attacks.evaluate import select
+    from robust_core.attacks.settings import EvalSettings
+
+    t0 = time.perf_counter()
+    x, y, _ = select((x, y), EvalSettings(n_examples=rv.n_examples, seed=rv.seed))
+    dev = model_device(model)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), eval_mode(model):
+        gen = torch.Generator(device=dev).manual_seed(rv.seed)
+        adv = rv.attack_for(dataset).run(model, x, y, batch_size, generator=gen)
+        acc = (predict(model, adv.x, batch_size) == y.to(adv.x.device)).float().mean().item()
+    return {ROBUST_VAL_METRIC: acc, "val_robust_time_s": time.perf_counter() - t0}
 
 
 @dataclass
@@ -178,6 +306,22 @@ class FitResult:
     @property
     def last(self) -> dict[str, Any]:
         return self.history[-1] if self.history else {}
+
+
+def _has_conv2d(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _raise_if_diverged(cfg: RunConfig, epoch: int, meter: EpochMeter,
+                       cause: BaseException | None = None) -> dict[str, Any]:
+    """The epoch's metrics; raises ``TrainingDiverged`` naming the first step whose loss was non-finite."""
+    metrics, step, logs = meter.read()
+    if step is not None:
+        shown = {k: round(v, 6) for k, v in logs.items() if k != "loss"}
+        raise TrainingDiverged(
+            f"{cfg.method.name}: non-finite loss at epoch {epoch + 1}, step {step} ({logs.get('loss')}; logs "
+            f"{shown}); lower train.lr or check the method's params", epoch=epoch + 1, step=step) from cause
+    return metrics
 
 
 def fit(cfg: RunConfig, reporter: Reporter | None = None, data: PreparedData | None = None,
@@ -201,16 +345,27 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
     seed_everything(t.seed)
     data = data or prepare_data(cfg.data)
     model = build_model(cfg.model, data.info).to(dev)
+    nhwc = t.channels_last and _has_conv2d(model)  # NHWC for the convolutions and the batches that feed them
+    if nhwc:
+        model.to(memory_format=torch.channels_last)
     method = build_method(cfg.method, model=model, info=data.info, n_train=len(data.arrays.y_train))
     aux = nn.ModuleDict(method.modules()).to(dev)
+    if nhwc:  # a method's own conv nets (e.g. xVAT's mask generator) see the same NHWC batches
+        aux.to(memory_format=torch.channels_last)
 
-    x_all, y_all = data.arrays.x_train, data.arrays.y_train
-    lab_idx = torch.from_numpy(data.splits.labeled)
-    unl_idx = torch.from_numpy(data.splits.unlabeled)
+    store = place_images(data.arrays.x_train, data.arrays.y_train, dev, t.data_placement, t.data_dtype, nhwc)
+    sdev = store.x.device  # where indices are drawn and batches gathered (the training device when resident)
+    lab_idx = torch.from_numpy(data.splits.labeled).to(sdev)
+    unl_idx = torch.from_numpy(data.splits.unlabeled).to(sdev)
     use_unl = method.uses_unlabeled and len(unl_idx) > 0
     pool = max(len(lab_idx), len(unl_idx) if use_unl else 0)
     spe = t.steps_per_epoch or max(1, math.ceil(pool / (t.unlabeled_batch_size if use_unl else t.batch_size)))
     total = t.epochs * spe
+    n_train = len(data.arrays.y_train)
+    # validation (and test) inputs: gathered once, float32 on the training device when the set is resident there
+    val_xy = (store.gather(torch.from_numpy(data.splits.val).to(sdev)),
+              store.labels(torch.from_numpy(data.splits.val).to(sdev))) if store.resident else data.val
+    step_model = torch.compile(model) if t.compile else model  # what the method calls; checkpoints use ``model``
 
     amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
     if amp_dtype is torch.float16 and dev.type != "cuda":
@@ -222,7 +377,7 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule_of(t, spe))
     adv = AdversaryTrainer(adv_spec, aux, schedule_of(t, spe), dev, amp_dtype is torch.float16) if adv_spec else None
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype is torch.float16)
-    gen = torch.Generator().manual_seed(t.seed)
+    gen = torch.Generator(sdev).manual_seed(t.seed)
     s_lab = PermutationSampler(len(lab_idx), t.batch_size, gen)
     s_unl = PermutationSampler(len(unl_idx), t.unlabeled_batch_size, gen) if use_unl else None
 
@@ -247,8 +402,8 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
         torch.set_rng_state(state["torch_rng"])
         if dev.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], dev)
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
+        set_numpy_rng_state(state["numpy_rng"])
+        set_python_rng_state(state["python_rng"])
         history = list(state["history"])
         start_epoch = state["epoch"]
 
@@ -263,7 +418,7 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
                 "sampler_unlabeled": s_unl.state_dict() if s_unl is not None else None,
                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+                "numpy_rng": numpy_rng_state(), "python_rng": python_rng_state(),
                 "history": list(history),
             }
         return build
@@ -274,53 +429,51 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
         bar = tqdm(total=total, initial=start_epoch * spe, desc=f"{cfg.method.name}", unit="step", leave=False)
 
     autocast = (lambda: torch.autocast(dev.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    params = list(model.parameters()) + list(aux.parameters())
     for epoch in range(start_epoch, t.epochs):
         t0 = time.perf_counter()
         model.train()
         aux.train()
-        sums: dict[str, float] = {}
-        correct = seen = 0
-        for i in range(spe):
-            li = lab_idx[s_lab.next()]
-            batch = Batch(x_all[li].to(dev), y_all[li].to(dev), li.to(dev))
-            if s_unl is not None:
-                ui = unl_idx[s_unl.next()]
-                batch.ux, batch.uidx = x_all[ui].to(dev), ui.to(dev)
-            ctx = StepContext(epoch, epoch * spe + i, t.epochs, spe, len(y_all))
-            with autocast():
-                out = method.loss(model, batch, ctx)
-            if not torch.isfinite(out.loss):
-                raise TrainingDiverged(
-                    f"{cfg.method.name}: non-finite loss at epoch {epoch + 1}, step {i + 1} "
-                    f"({ {k: float(v) for k, v in out.logs.items()} }); lower train.lr or check the method's params",
-                    epoch=epoch + 1, step=i + 1)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(out.loss).backward()
-            if t.grad_clip is not None:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(params, t.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            if adv is not None:  # the adversaries' turn, on the same batch (their loss reuses out.saved)
-                out.logs.update(adv.step(method, model, batch, ctx, out, autocast, t.grad_clip))
-            sums["train_loss"] = sums.get("train_loss", 0.0) + out.loss.item()
-            for k, v in out.logs.items():
-                sums[f"train_{k}"] = sums.get(f"train_{k}", 0.0) + float(v)
-            if out.logits is not None:
-                correct += (out.logits.argmax(1) == batch.y).sum().item()
-                seen += len(batch.y)
-            if bar is not None:
-                bar.update(1)
-        metrics: dict[str, Any] = {k: v / spe for k, v in sums.items()}
-        if seen:
-            metrics["train_acc"] = correct / seen
-        xv, yv = data.val
+        meter = EpochMeter(spe, dev)
+        try:
+            # The step makes no host synchronisation (tests/test_step_sync.py): batches are gathered on the device,
+            # scalars go to the meter, the divergence guard is read with them once per epoch.
+            for i in range(spe):
+                li = lab_idx[s_lab.next()]
+                batch = Batch(store.gather(li), store.labels(li), store.to_device(li))
+                if s_unl is not None:
+                    ui = unl_idx[s_unl.next()]
+                    batch.ux, batch.uidx = store.gather(ui), store.to_device(ui)
+                ctx = StepContext(epoch, epoch * spe + i, t.epochs, spe, n_train)
+                with autocast():
+                    out = method.loss(step_model, batch, ctx)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(out.loss).backward()
+                if t.grad_clip is not None:
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(params, t.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                if adv is not None:  # the adversaries' turn, on the same batch (their loss reuses out.saved)
+                    out.logs.update(adv.step(method, step_model, batch, ctx, out, autocast, t.grad_clip))
+                meter.add(out.loss, out.logs, out.logits, batch.y)
+                if bar is not None:
+                    bar.update(1)
+        except Exception as e:  # a step failing after the loss went non-finite: report the divergence, not the echo
+            _raise_if_diverged(cfg, epoch, meter, e)
+            raise
+        metrics: dict[str, Any] = _raise_if_diverged(cfg, epoch, meter)
+        xv, yv = val_xy
         metrics["epoch"] = epoch + 1
         if len(yv):  # none when data.n_val = 0 (a final retrain on train ∪ validation)
             val = evaluate(method.inference_model(model), xv, yv, t.eval_batch_size)
             metrics.update(val_acc=val["acc"], val_loss=val["loss"])
         metrics.update(lr=sched.get_last_lr()[0], step=(epoch + 1) * spe, epoch_time_s=time.perf_counter() - t0)
+        rv = t.robust_val  # after epoch_time_s too: timed apart (val_robust_time_s), so epoch times stay comparable
+        if rv is not None and len(yv) and rv.due(epoch + 1, t.epochs):
+            metrics.update(robust_validation(method.inference_model(model), xv, yv, rv, cfg.data.name,
+                                             t.eval_batch_size))
         if test_each_epoch:  # after epoch_time_s: the timing is of training and validation only
             xt, yt = data.test
             te = evaluate(method.inference_model(model), xt, yt, t.eval_batch_size)

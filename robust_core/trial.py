@@ -15,7 +15,8 @@ from robust_core.config import RunConfig, build_run_config, dump_yaml
 from robust_core.data import PreparedData, prepare_data
 from robust_core.methods import Method, build_method
 from robust_core.models import build_model
-from robust_core.reporting import Reporter
+from robust_core.errors import BadFileError
+from robust_core.reporting import Reporter, load_state
 from robust_core.train import FitResult, evaluate, fit
 
 MODEL_FILE = "model.pt"
@@ -67,17 +68,29 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu", inference
         p = p / MODEL_FILE
     if not p.is_file():
         raise FileNotFoundError(f"no saved model at {p} (expected the {MODEL_FILE} written by robust-sweep trial)")
-    blob = torch.load(p, map_location="cpu", weights_only=False)
+    blob = load_state(p, "model file")  # data only: a crafted file cannot run code here
+    missing = [k for k in ("config", "model", "aux") if k not in blob]
+    if missing or not isinstance(blob["config"], dict):
+        raise BadFileError(p, f"is not a model file written by robust-sweep trial (missing or malformed: {', '.join(missing or ['config'])}); "
+                              "point to the model.pt of a finished trial")
     raw = blob["config"]
     if inference:
         raw = {**raw, "method": {**raw["method"], "params": {**raw["method"].get("params", {}), **inference}}}
     cfg = build_run_config(raw, str(p))
     info = DATASETS.get(cfg.data.name).info
     model = build_model(cfg.model, info)
-    model.load_state_dict(blob["model"])
+    _load_weights(model, blob["model"], p)
     method = build_method(cfg.method, model=model, info=info, n_train=blob.get("n_train", 0))
-    nn.ModuleDict(method.modules()).load_state_dict(blob["aux"])
+    _load_weights(nn.ModuleDict(method.modules()), blob["aux"], p)
     model.to(device).eval()
     for m in method.modules().values():
         m.to(device).eval()
     return cfg, model, method
+
+
+def _load_weights(module: nn.Module, state: Any, path: Path) -> None:
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:  # keys or shapes do not match the file's own config
+        raise BadFileError(path, f"weights do not match the config stored in the file ({str(e).splitlines()[0]}); "
+                                 "the file is corrupted: retrain or restore a good copy") from e

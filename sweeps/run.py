@@ -5,6 +5,8 @@
 
 The config is validated completely before Ray starts; an invalid one prints every problem and exits with code 2.
 Rerunning the same config resumes the sweep (finished trials are not redone). ``RAY_ADDRESS`` selects a cluster.
+Exit codes as ``robust-sweep`` (``robust_core/cli.py``): 0 every trial finished or diverged, 1 some trial errored,
+2 invalid input.
 """
 from __future__ import annotations
 
@@ -24,14 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no Tune progress table")
     args = p.parse_args(argv)
 
-    from robust_core.config import ConfigError
+    from robust_core.cli import guarded
+
+    return guarded(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     from sweeps.spec import load_sweep_config
 
-    try:
-        cfg = load_sweep_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_sweep_config(args.config, args.overrides)
     if args.check:
         print(cfg.dump_yaml())
         return 0

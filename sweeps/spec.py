@@ -19,14 +19,15 @@ import yaml
 from pydantic import Field, ValidationError
 
 from robust_core.config import (
-    ConfigError, RunConfig, Strict, _format_errors, build_run_config, deep_merge, parse_number, parse_overrides,
-    read_yaml, set_path,
+    ROBUST_VAL_METRIC, ConfigError, RunConfig, Strict, _format_errors, build_run_config, deep_merge, parse_number,
+    parse_overrides, read_yaml, set_path,
 )
 
 SPACES_DIR = Path(__file__).parent / "spaces"
 KINDS = ("uniform", "loguniform", "int", "choice")
-# Per-epoch metrics reported by ``robust_core.train.fit`` for every method, and the direction that improves them.
-METRIC_MODES = {"val_acc": "max", "train_acc": "max", "val_loss": "min", "train_loss": "min"}
+# Per-epoch metrics reported by ``robust_core.train.fit`` for every method, and the direction that improves them;
+# ROBUST_VAL_METRIC only when ``base.train.robust_val`` is set, at its epochs (checked in ``check_cross``).
+METRIC_MODES = {"val_acc": "max", "train_acc": "max", "val_loss": "min", "train_loss": "min", ROBUST_VAL_METRIC: "max"}
 MAX_CORNER_CONFIGS = 4096  # above this many corner combinations, corners are checked one axis at a time
 
 
@@ -88,6 +89,19 @@ class SweepConfig(Strict):
     def max_t(self) -> int:
         """ASHA's budget: the configured epochs (one source for the budget)."""
         return self.base.train.epochs
+
+    @property
+    def rungs(self) -> list[int]:
+        """The epochs at which ASHA compares trials (none without ASHA)."""
+        if self.scheduler.type != "asha":
+            return []
+        return asha_rungs(self.scheduler.grace_period, self.scheduler.reduction_factor, self.max_t)
+
+    @property
+    def sparse_metric(self) -> bool:
+        """The watched metric is not in every epoch's report (``val_robust_acc`` at ``train.robust_val.epochs``)."""
+        rv = self.base.train.robust_val
+        return self.metric == ROBUST_VAL_METRIC and rv is not None and rv.epochs is not None
 
     @property
     def experiment_path(self) -> str:
@@ -362,11 +376,36 @@ def check_cross(raw: Mapping[str, Any], base: RunConfig | None) -> list[str]:
     sched = raw.get("scheduler") or {}
     grace = sched.get("grace_period", 1) if isinstance(sched, Mapping) else 1
     epochs = base.train.epochs if base is not None else _raw_epochs(raw)
-    if (epochs is not None and isinstance(sched, Mapping) and sched.get("type", "asha") == "asha"
-            and isinstance(grace, int) and grace > epochs):
+    asha = isinstance(sched, Mapping) and sched.get("type", "asha") == "asha"
+    if epochs is not None and asha and isinstance(grace, int) and grace > epochs:
         problems.append(f"scheduler.grace_period: {grace} epochs exceeds max_t = base.train.epochs = "
                         f"{epochs}; lower it or raise the epochs")
+    if metric == ROBUST_VAL_METRIC and base is not None:
+        rv = base.train.robust_val
+        rf = sched.get("reduction_factor", 2) if isinstance(sched, Mapping) else 2
+        if rv is None:
+            problems.append(f"metric: {metric} is computed only when base.train.robust_val says how (e.g. "
+                            "{attack: pgd, steps: 10, n_examples: 500}); set it, or select on val_acc")
+        elif asha and rv.epochs is not None and isinstance(grace, int) and grace <= base.train.epochs \
+                and isinstance(rf, (int, float)) and rf > 1:
+            rungs = asha_rungs(grace, rf, base.train.epochs)
+            missing = [r for r in rungs if r not in rv.epochs]
+            if missing:
+                problems.append(f"base.train.robust_val.epochs: ASHA compares trials on {metric} at epochs {rungs}, "
+                                f"but it is computed only at {list(rv.epochs)} and the last ({base.train.epochs}); "
+                                f"add {missing}, or set epochs: null (every epoch)")
     return problems
+
+
+def asha_rungs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
+    """The epochs at which Ray's ``ASHAScheduler`` (one bracket) compares trials: grace·rf^k below ``max_t`` (a trial
+    that reaches ``max_t`` stops there), as the first whole epoch at or after each (the rule and rounding of
+    ``ray.tune.schedulers.async_hyperband._Bracket``; ``tests/test_robust_selection.py`` compares with it)."""
+    import numpy as np
+
+    n = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
+    return sorted({math.ceil(grace_period * reduction_factor ** k) for k in range(n)
+                   if grace_period * reduction_factor ** k < max_t})
 
 
 def _raw_epochs(raw: Mapping[str, Any]) -> int | None:

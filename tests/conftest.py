@@ -56,3 +56,26 @@ def tiny_model(name: str, info, dtype=torch.float32, seed: int = 0) -> torch.nn.
     cls = MODELS.get(name)
     torch.manual_seed(seed)
     return cls(info, **small.get(name, getattr(cls, "tiny_params", {}))).to(dtype)
+
+
+@pytest.fixture(scope="session")
+def mlflow_template_db(tmp_path_factory):
+    """An MLflow SQLite store with the schema created once (creating it takes ~10 s); ``store`` copies it."""
+    from robust_core import tracking
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    tracking.prepare_store(f"sqlite:///{db}", "template")
+    return db
+
+
+@pytest.fixture
+def store(tmp_path, mlflow_template_db):
+    """(uri, experiment id) of a fresh MLflow SQLite store of this test (experiment ``exp``)."""
+    import shutil
+
+    from robust_core import tracking
+
+    (tmp_path / "db").mkdir()
+    shutil.copy(mlflow_template_db, tmp_path / "db" / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/db/mlflow.db"
+    return uri, tracking.prepare_store(uri, "exp")

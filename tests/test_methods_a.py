@@ -11,7 +11,7 @@ from torch import nn
 from robust_core.attacks.threat import ThreatModel
 from robust_core.data.base import DatasetInfo
 from robust_core.methods import Batch, StepContext
-from robust_core.methods.ater import ce_input_grad, energy, fd_hvp
+from robust_core.methods.ater import energy, input_hvp
 from robust_core.methods.at_fgsm import input_grad_ce, one_step
 from robust_core.methods.trades import kl_per_example
 from robust_core.methods._ops import kl_logits
@@ -155,22 +155,58 @@ def test_trades_loss_is_ce_when_x_adv_is_x_and_adversary_raises_kl():
 
 # ---------------------------------------------------------------- ATER / VATER
 
-def test_ater_finite_difference_hvp_matches_autograd_hvp_float64():
-    model, (x, y) = smooth_model(), data(6)
-    grad_fn = ce_input_grad(model, y)
-    g0 = grad_fn(x)
-    v = g0 / g0.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-    fd = fd_hvp(grad_fn, x, v, xi=1e-5)
+def dropout_model(seed: int = 0) -> nn.Module:
+    """tanh MLP with a Dropout(0.5) layer (as conv-large has), float64."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.Tanh(), nn.Dropout(0.5), nn.Linear(12, 3)).double()
+
+
+@pytest.mark.parametrize("make_model", [smooth_model, dropout_model], ids=["tanh", "dropout"])
+def test_ater_hvp_and_x_max_match_autograd_float64(make_model):
+    """H g of ater-vater.txt eq. (37) (the ξ → 0 limit) against torch's hvp on the same function, in float64. With
+    dropout in training mode the reference fixes one mask (same seed, one forward pass): the method must use one mask
+    for g and H g, where the paper's finite difference of two training-mode passes draws two."""
+    model, (x, y) = make_model().train(), data(6)
     f = lambda z: F.cross_entropy(model(z), y, reduction="sum")  # noqa: E731  per-example rows of the Hessian
-    _, exact = torch.autograd.functional.hvp(f, x, v)
-    cos = F.cosine_similarity(fd.flatten(1), exact.flatten(1), dim=1)
-    assert cos.min() > 0.999, cos
-    # and x_max is x + ε_E · that direction, per example
-    m = make("ater", eps=0.1, energy_eps=0.05, clip=False, xi=1e-5)
-    xm = m.x_max(model, x, y, g0)
-    d = xm - x
+    torch.manual_seed(11)
+    g, hv = input_hvp(model, x, y)
+    torch.manual_seed(11)
+    xr = x.clone().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(f(xr), xr)
+    v = g_ref / g_ref.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    torch.manual_seed(11)
+    _, hv_ref = torch.autograd.functional.hvp(f, x, v)
+    torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(hv, hv_ref, rtol=1e-9, atol=1e-12)
+    # x_max is x + ε_E · H g / ‖H g‖, per example
+    m = make("ater", eps=0.1, energy_eps=0.05, clip=False)
+    torch.manual_seed(11)
+    d = m.x_max(model, x, y) - x
     torch.testing.assert_close(d.flatten(1).norm(dim=1), torch.full((6,), 0.05, dtype=torch.float64))
-    assert F.cosine_similarity(d.flatten(1), exact.flatten(1), dim=1).min() > 0.999
+    torch.testing.assert_close(d / 0.05, hv_ref / hv_ref.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+
+
+def test_finite_difference_across_dropout_masks_is_not_the_hvp():
+    """Why ATER no longer uses the paper's finite difference: two training-mode passes draw two dropout masks, and
+    (∇ℓ(x + ξv; mask B) − ∇ℓ(x; mask A)) / ξ is then mask noise, far from H v, at any small ξ."""
+    model, (x, y) = dropout_model().train(), data(6)
+    torch.manual_seed(11)
+    g, hv = input_hvp(model, x, y)
+
+    def grad_at(z):
+        z = z.clone().requires_grad_(True)
+        return torch.autograd.grad(F.cross_entropy(model(z), y, reduction="sum"), z)[0]
+
+    v = g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    torch.manual_seed(11)
+    g_a = grad_at(x)  # mask A (the same as input_hvp's)
+    torch.manual_seed(12)
+    fd = (grad_at(x + 1e-5 * v) - g_a) / 1e-5  # mask B
+    torch.manual_seed(11)
+    fd_same = (grad_at(x + 1e-5 * v) - g_a) / 1e-5  # mask A again: the difference is H v
+    assert F.cosine_similarity(fd_same.flatten(1), hv.flatten(1), dim=1).min() > 0.999
+    assert F.cosine_similarity(fd.flatten(1), hv.flatten(1), dim=1).abs().max() < 0.9
+    assert fd.abs().max() > 1e3 * hv.abs().max()
 
 
 def test_energy_is_the_per_example_input_gradient_norm_and_reaches_every_parameter():
@@ -203,8 +239,8 @@ def test_energy_term_gradient_reaches_every_parameter_through_the_method(name):
 
 def test_vater_uses_unlabeled_and_energy_is_at_vat_point():
     assert METHODS.get("vater").uses_unlabeled and not METHODS.get("ater").uses_unlabeled
-    p = METHODS.get("vater").Params()
-    assert (p.eps, p.alpha, p.lam, p.direction, p.xi) == (2.0, 1.0, 1.0, "finite_difference", 10.0)  # vat's defaults
+    p, v = METHODS.get("vater").Params(), METHODS.get("vat").Params()
+    assert (p.eps, p.alpha, p.direction, p.xi) == (v.eps, v.alpha, v.direction, v.xi)  # vat's defaults
 
 
 # ---------------------------------------------------------------- modes, BN statistics, parameter .grad

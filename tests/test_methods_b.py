@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from conftest import tiny_model
 from robust_core.config import MethodConfig
 from robust_core.methods import Batch, StepContext, build_method
-from robust_core.methods._ops import kl_logits, l2_normalize
-from robust_core.methods.fat import choose_sign, kl_per_example, loss_fake, loss_true
+from robust_core.methods._ops import kl_logits, kl_per_example, l2_normalize
+from robust_core.methods.fat import choose_sign, loss_fake, loss_true
 from robust_core.methods.xat import hard_concrete_nonzero_prob, hard_concrete_sample
 from robust_core.modes import frozen_bn_stats
+from robust_core.registry import METHODS
 from robust_core.reporting import CheckpointDir
 from robust_core.train import fit
 
@@ -154,19 +155,25 @@ def test_transductive_masks_resume_exactly(tiny_cfg, mnist5k_100, tmp_path):
 
 
 # -------------------------------------------------------------------------------------------------------- FAT
-def test_k_plus_one_losses_stable_and_exact():
+def test_k_plus_one_losses_are_the_papers_and_stable():
+    """fat.txt §4.3 (below eq. (8)) in float64, written out from the paper: p̃_k = e^{g_k} / (1 + Σ e^{g_k'}),
+    L^true = −Σ_{k≤K} p̃_k log p̃_k, L^fake = −log 1/(1 + Σ e^{g_k}). Not Bad GAN's −log(1 − p̃_{K+1})."""
     g = torch.Generator().manual_seed(0)
-    f64 = 30 * torch.randn(64, 10, generator=g, dtype=torch.float64)
-    se = f64.exp().sum(-1)
-    torch.testing.assert_close(loss_true(f64), -torch.log(se / (1 + se)), rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(loss_fake(f64), torch.log1p(se), rtol=1e-9, atol=1e-12)
+    f64 = 3 * torch.randn(64, 10, generator=g, dtype=torch.float64)
+    denom = 1 + f64.exp().sum(-1, keepdim=True)
+    pt = f64.exp() / denom
+    torch.testing.assert_close(loss_true(f64), -(pt * pt.log()).sum(-1), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(loss_fake(f64), -torch.log(1 / denom.squeeze(-1)), rtol=1e-12, atol=1e-14)
+    bad_gan = -torch.log(1 - 1 / denom.squeeze(-1))
+    assert (loss_true(f64) - bad_gan).abs().max() > 0.1  # the formula this file used before issue 14
 
     big = torch.tensor([[1e4, 0.0, -1e4], [-1e4, -1e4, -1e4], [1e4, 1e4, 3.0]], requires_grad=True)
     lt, lf = loss_true(big), loss_fake(big)
-    ref = big.detach().double()
-    lse = torch.logsumexp(ref, -1)
+    lse = torch.logsumexp(big.detach().double(), -1)
     torch.testing.assert_close(lf.double(), torch.logaddexp(torch.zeros_like(lse), lse), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(lt.double(), torch.logaddexp(torch.zeros_like(lse), -lse), rtol=1e-6, atol=1e-6)
+    # one real class certain, all real classes impossible (p̃_{K+1} = 1), two real classes tied: 0, 0, log 2
+    torch.testing.assert_close(lt.double(), torch.tensor([0.0, 0.0, math.log(2)], dtype=torch.float64),
+                               rtol=1e-6, atol=1e-6)
     (lt.sum() + lf.sum()).backward()
     assert torch.isfinite(big.grad).all()
 
@@ -186,13 +193,46 @@ def test_fat_sign_choice_picks_larger_kl(mnist5k_info):
     torch.testing.assert_close(kl.detach(), torch.maximum(kp, kn))
 
 
-def test_fat_lambda_warmup_and_bad_terms(mnist5k_info):
-    model, method, batch = setup("fat", {"lam_step": 0.1, "lam_max": 0.5}, mnist5k_info)
-    assert [method.lam(e) for e in (0, 1, 3, 9)] == pytest.approx([0.0, 0.1, 0.3, 0.5])
+def test_fat_defaults_are_table_2_and_lambda_warms_up_to_exactly_one(mnist5k_info):
+    """fat.txt Table 2 (MNIST, 100 labels): optimum ε = 1.5, C = 2, α = 0.01; §5.1: λ starts at 0 and grows by 0.1
+    after every epoch up to one."""
+    p = METHODS.get("fat").Params()
+    assert (p.eps, p.bad_scale, p.bad_alpha, p.alpha, p.direction) == (1.5, 2.0, 0.01, 1.0, "exact")
+    model, method, batch = setup("fat", {}, mnist5k_info)
+    assert [method.lam(e) for e in range(13)] == [k / 10 for k in range(11)] + [1.0, 1.0]
     assert "l_fake" not in method.loss(model, batch, ctx(0)).logs
     out = method.loss(model, batch, ctx(5))
     assert out.logs["lam"] == 0.5 and 0 <= float(out.logs["bad_kept"]) <= 1
     assert float(out.logs["l_true"]) > 0 and float(out.logs["l_fake"]) >= 0
+
+
+def test_fat_loss_is_eq_8(mnist5k_info):
+    """The whole objective of fat.txt eq. (8) on a BN-free model in float64: CE + L^VAT + λ (L^true + L^fake), with
+    the sign of the direction chosen by the larger KL and bad samples at C along it, filtered by α."""
+    from robust_core.models.mlp import MLP
+
+    torch.manual_seed(0)
+    model = MLP(mnist5k_info, hidden=(16,), batch_norm=False).double()
+    _, method, batch = setup("fat", {}, mnist5k_info)
+    p = method.p
+    torch.manual_seed(3)
+    d, clean = p.vadv_direction(model, batch.ux)
+    sign, _ = choose_sign(model, batch.ux, d, clean, p.eps)
+    with torch.no_grad():
+        kl = torch.maximum(kl_per_example(clean, model(batch.ux + p.eps * d)),
+                           kl_per_example(clean, model(batch.ux - p.eps * d)))
+        logits_bad = model(batch.ux + p.bad_scale * sign * d)
+        conf = F.softmax(logits_bad, -1).amax(-1)
+        alpha = 1 - conf.median().item()  # the filter keeps about half: it is exercised
+        keep = conf <= 1 - alpha
+        want = (F.cross_entropy(model(batch.x), batch.y) + kl.mean()
+                + 0.4 * (loss_true(model(batch.ux)).mean() + loss_fake(logits_bad[keep]).mean()))
+    assert 0 < keep.sum() < len(keep)
+    method = build_method(MethodConfig(name="fat", params={"bad_alpha": alpha}), model, mnist5k_info)
+    torch.manual_seed(3)
+    out = method.loss(model, batch, ctx(4))
+    torch.testing.assert_close(out.loss.detach(), want, rtol=1e-10, atol=1e-12)
+    assert out.logs["bad_kept"].item() == keep.double().mean().item()
 
 
 # ------------------------------------------------------------------------------- contracts shared by all six

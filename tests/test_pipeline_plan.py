@@ -43,15 +43,17 @@ def test_paper_profile_keeps_the_papers_columns():
     assert [c.header for c in fat.columns] == ["MNIST (20)", "MNIST (100)", "SVHN (500)", "SVHN (1000)",
                                                "CIFAR-10 (1000)", "CIFAR-10 (4000)"]
     # the ATLD rows differ only at inference (IMT): one sweep and one model per seed, shared by all three
+    # (robust tables: their sweeps select on val_robust_acc, named -robust_<attack>)
     atld = {s.rsplit("-", 1)[0] for s in plan.sources if "atld" in s}
-    assert atld == {"paper-atld_minus-cifar10-all", "paper-atld_minus-cifar100-all", "paper-atld_minus-svhn-all"}
+    assert atld == {"paper-atld_minus-cifar10-all-robust_pgd", "paper-atld_minus-cifar100-all-robust_pgd",
+                    "paper-atld_minus-svhn-all-robust_pgd"}
     raw = {s.rsplit("-", 1)[0]: r for s, r in plan.sweep_raw.items()}  # names end in a hash of the sweep's config
     # the method's model override reaches its sweep (ATLD's WideResNet), the profile's model the others
-    assert raw["paper-pgd_at-cifar10-all"]["base"]["model"]["name"] == "wrn"
+    assert raw["paper-pgd_at-cifar10-all-robust_pgd"]["base"]["model"]["name"] == "wrn"
     assert raw["paper-vat-cifar10-4000"]["base"]["model"]["name"] == "convlarge"
     assert raw["paper-vat-cifar10-4000"]["base"]["data"]["n_labeled"] == 4000
     # RO-L1: its norm is fixed (not searched) and its ε range is the L1 one
-    ro = raw["paper-ro_l1-mnist-all"]
+    ro = raw["paper-ro_l1-mnist-all-robust_fgsm"]
     assert ro["base"]["method"]["params"] == {"norm": "l1"}
     assert "method.params.norm" not in ro["search_space"]
     assert ro["search_space"]["method.params.eps"] == {"uniform": [2.0, 10.0]}

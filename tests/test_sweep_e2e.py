@@ -233,3 +233,44 @@ def test_every_method_search_space_runs_a_two_trial_sweep(ray_session, tmp_path,
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     sampled = [{k: r.data.params[k] for k in cfg.search_space} for r in runs]
     assert sampled[0] != sampled[1]  # the searcher drew two different configurations
+
+
+def test_sweep_on_the_robust_validation_metric_computed_at_asha_rungs_only(ray_session, tmp_path):
+    """A sweep that searches and selects on val_robust_acc, computed only at ASHA's rung (epoch 2) and the last epoch
+    (4): Tune, ASHA and Optuna accept the epochs without it, ASHA compares trials on it, the best trial is chosen on
+    it, and MLflow has it exactly at those epochs."""
+    import optuna
+
+    from robust_core.tracking import client, find_runs
+    from sweeps.runner import run_sweep
+    from sweeps.spec import build_sweep_config
+
+    cfg = build_sweep_config({
+        "name": "e2e-robust",
+        "base": {"data": {"name": "mnist5k", "n_val": 100}, "model": {"name": "mlp", "params": {"hidden": [16]}},
+                 "method": {"name": "at_fgsm"},
+                 "train": {"epochs": 4, "steps_per_epoch": 2, "batch_size": 16, "eval_batch_size": 500,
+                           "robust_val": {"steps": 2, "n_examples": 50, "epochs": [2]}}},
+        "num_trials": 3, "max_concurrent": 2, "metric": "val_robust_acc", "mode": "max",
+        "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2}, "resources": {"cpu": 1, "gpu": 0},
+        "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "robust"}, "storage": "ray",
+        "optuna_storage": "sqlite:///optuna.db",
+    }, cwd=tmp_path)
+    assert cfg.rungs == [2] and cfg.sparse_metric
+    summary = run_sweep(cfg, progress=False)
+    assert summary.n_errored == 0 and summary.n_trials == 3 and summary.n_finished >= 1
+    c = client(cfg.tracking.uri)
+    full = {}
+    for run in find_runs(cfg.tracking.uri, "robust", "tags.`robust_sweep.kind` = 'trial'"):
+        done = int(run.data.tags["robust_sweep.epochs_done"])
+        steps = sorted(h.step for h in c.get_metric_history(run.info.run_id, "val_robust_acc"))
+        assert steps == [e for e in (2, 4) if e <= done]  # at the rung and the last epoch only
+        assert len(c.get_metric_history(run.info.run_id, "val_acc")) == done  # clean validation: every epoch
+        if done == 4:
+            full[run.info.run_id] = run.data.metrics["val_robust_acc"]
+    assert summary.best["metric"] == "val_robust_acc" and summary.best["run_id"] in full
+    assert summary.best["value"] == pytest.approx(max(full.values()))
+    study = optuna.load_study(study_name="e2e-robust", storage=cfg.optuna_storage)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == summary.n_finished
+    assert states.count(optuna.trial.TrialState.PRUNED) == summary.n_stopped_early

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import shutil
 import subprocess
 import sys
 
@@ -18,22 +17,6 @@ def test_imports_without_mlflow_or_ray():
             "bad = [m for m in ('mlflow', 'ray') if m in sys.modules]; assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-
-
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory):
-    """A store with the schema created once (creating it takes ~10 s); each test gets its own copy."""
-    db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    tracking.prepare_store(f"sqlite:///{db}", "template")
-    return db
-
-
-@pytest.fixture
-def store(tmp_path, template_db):
-    (tmp_path / "db").mkdir()
-    shutil.copy(template_db, tmp_path / "db" / "mlflow.db")
-    uri = f"sqlite:///{tmp_path}/db/mlflow.db"
-    return uri, tracking.prepare_store(uri, "exp")
 
 
 def test_prepare_store_is_idempotent_and_artifacts_absolute(store, tmp_path):
@@ -67,6 +50,7 @@ def test_reporter_logs_each_epoch_once_and_closes(store, tmp_path):
     rep = tracking.MLflowReporter(uri, rid)
     for e, acc in ((1, 0.5), (2, 0.7)):
         rep.report({"epoch": e, "val_acc": acc, "train_loss": 1.0 / e, "note": "text"}, lambda: {})
+    assert rep.flush()  # sent in the background; an earlier attempt's process has ended before a resume starts
     # a resumed trial (new process) repeats epoch 2 from its checkpoint: not logged twice
     rep2 = tracking.MLflowReporter(uri, rid)
     for e, acc in ((2, 0.7), (3, 0.6)):
@@ -96,6 +80,7 @@ def _writer(uri: str, run_id: str, worker: int) -> None:
     rep = tracking.MLflowReporter(uri, run_id)
     for step in range(1, N_STEPS + 1):
         rep.report({"epoch": step, "val_acc": worker + step / 1000, "train_loss": float(step), "lr": 0.1}, dict)
+    assert rep.flush()
 
 
 def test_concurrent_writers_lose_no_metric(store):
@@ -133,8 +118,7 @@ def test_local_server_serves_runs_and_artifacts(tmp_path):
         got = tracking.find_runs(uri, "srv", "tags.`robust_sweep.kind` = 'trial'")
         assert [r.info.run_id for r in got] == [run] and got[0].data.metrics["val_acc"] == 0.5
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        tracking.stop_local_server(proc)
     # the same store read directly from SQLite, without the server
     direct = tracking.find_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "srv")
     assert [r.info.run_id for r in direct] == [run] and direct[0].info.status == "FINISHED"

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from robust_core.errors import TrainingDiverged
 from robust_core.methods import LossOutput
@@ -188,3 +189,71 @@ def test_fit_restores_the_callers_determinism_setting(tiny_cfg, mnist5k_100):
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+def test_divergence_names_the_first_non_finite_step(tiny_cfg, mnist5k_100, monkeypatch):
+    """The guard reads the losses once per epoch, yet names the FIRST non-finite step, not a later one."""
+    calls = []
+
+    def nan_from_epoch2_step2(self, model, batch, ctx):
+        calls.append(ctx.step)
+        logits = model(batch.x)
+        bad = ctx.epoch == 1 and ctx.step % ctx.steps_per_epoch >= 1  # epoch 2, steps 2 and 3 (1-based)
+        ce = F.cross_entropy(logits, batch.y) * (float("nan") if bad else 1.0)
+        return LossOutput(ce, {"ce": ce.detach(), "lam": 0.5}, logits)
+
+    monkeypatch.setattr(METHODS.get("mle"), "loss", nan_from_epoch2_step2)
+    with pytest.raises(TrainingDiverged, match=r"mle: non-finite loss at epoch 2, step 2 \(nan; logs .*'ce': nan"):
+        fit(tiny_cfg(["train.epochs=3", "train.steps_per_epoch=3"]), data=mnist5k_100)
+    assert calls == [0, 1, 2, 3, 4, 5]  # found at the end of epoch 2; epoch 3 never started
+
+
+def test_divergence_reported_when_a_later_step_crashes(tiny_cfg, mnist5k_100, monkeypatch):
+    """A step that raises after the loss went non-finite (NaN weights break something) reports the divergence."""
+    def nan_then_crash(self, model, batch, ctx):
+        if ctx.step == 2:
+            raise RuntimeError("echo of NaN weights")
+        logits = model(batch.x)
+        return LossOutput(F.cross_entropy(logits, batch.y) * (float("inf") if ctx.step == 1 else 1.0), {}, logits)
+
+    monkeypatch.setattr(METHODS.get("mle"), "loss", nan_then_crash)
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step 2") as e:
+        fit(tiny_cfg(["train.epochs=1", "train.steps_per_epoch=4"]), data=mnist5k_100)
+    assert isinstance(e.value.__cause__, RuntimeError)
+
+
+def test_epoch_metrics_are_step_means(tiny_cfg, mnist5k_100, monkeypatch):
+    """Device-side accumulation gives the same means as the per-step values (including Python-number logs)."""
+    seen: list[tuple[float, float, int]] = []
+
+    def loss(self, model, batch, ctx):
+        logits = model(batch.x)
+        ce = F.cross_entropy(logits, batch.y)
+        seen.append((ce.item(), (logits.argmax(1) == batch.y).sum().item(), ctx.step))
+        return LossOutput(ce, {"ce2": 2 * ce.detach(), "k": float(ctx.step)}, logits)
+
+    monkeypatch.setattr(METHODS.get("mle"), "loss", loss)
+    h = fit(tiny_cfg(["train.epochs=1", "train.steps_per_epoch=5"]), data=mnist5k_100).history[0]
+    assert h["train_loss"] == pytest.approx(sum(s[0] for s in seen) / 5, rel=1e-12)
+    assert h["train_ce2"] == pytest.approx(2 * h["train_loss"], rel=1e-6)
+    assert h["train_k"] == pytest.approx(2.0) and h["train_acc"] == sum(s[1] for s in seen) / (5 * 32)
+
+
+def test_uint8_storage_is_bit_identical(tiny_cfg, mnist5k_100):
+    base = ["method.name=vat", "train.epochs=1", "train.steps_per_epoch=3"]
+    a = fit(tiny_cfg(base + ["train.data_dtype=float32"]), data=mnist5k_100)
+    b = fit(tiny_cfg(base + ["train.data_dtype=uint8"]), data=mnist5k_100)
+    assert_same_tree(params_of(a.model), params_of(b.model))
+    assert without_times(a.history) == without_times(b.history)
+
+
+def test_sampler_state_is_plain_and_restores(tiny_cfg):
+    from robust_core.train import PermutationSampler
+
+    s = PermutationSampler(10, 4, torch.Generator().manual_seed(0))
+    s.next()
+    state = s.state_dict()
+    assert set(state) == {"perm", "pos"} and state["perm"].device.type == "cpu" and type(state["pos"]) is int
+    t = PermutationSampler(10, 4, torch.Generator().manual_seed(1))
+    t.load_state_dict(state)
+    assert torch.equal(s.next(), t.next()) and s.pos == t.pos == 8

@@ -78,18 +78,14 @@ def test_paper_finite_difference_in_float32_is_wrong(setup, digits):
 
 
 @pytest.mark.parametrize("xi", [1.0, 10.0])
-def test_default_finite_scale_difference_is_exact_in_float32(setup, digits, xi):
-    """VAT's default direction (secant at a finite scale ξ) computed in float32 equals the same quantity in float64:
-    at ξ ≥ 1 there is no cancellation, so the training precision does not change the direction."""
+def test_finite_scale_secant_is_exact_in_float32(setup, digits, xi):
+    """The secant option (``direction: finite_difference`` at a finite ξ) computed in float32 equals the same quantity
+    in float64: at ξ ≥ 1 there is no cancellation, so the training precision does not change it."""
     m64, _, d, _ = setup
     m32 = copy.deepcopy(m64).float()
     g32, _ = kl_hessian_direction(m32, digits.float(), l2_normalize(d.float()), "finite_difference", xi=xi)
     g64, _ = kl_hessian_direction(m64, digits, l2_normalize(d), "finite_difference", xi=xi)
     assert cosines(g32, g64).min() > 0.9999
-    from robust_core.registry import METHODS
-
-    p = METHODS.get("vat").Params()
-    assert (p.direction, p.xi) == ("finite_difference", 10.0)
 
 
 def test_exact_direction_under_bf16_autocast(setup, digits):
@@ -130,6 +126,29 @@ def test_power_iteration_converges_to_top_eigenvector(digits):
     c = cosines(dk, torch.stack(tops).view_as(x)).abs()
     assert c.min() > 0.999, c
     assert (dk.flatten(1).norm(dim=1) - 1).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("name", ["vat", "vater", "fat"])
+def test_vat_family_default_direction_is_the_exact_power_iteration_step(name, digits):
+    """fat.txt §4.2, ater-vater.txt Algorithm 2: r_vadv lies along the dominant eigenvector of H, found by power
+    iteration. With each method's default parameters one step from the seeded random start is normalize(H d0), H the
+    explicit float64 Hessian (the ξ → 0 limit), not a finite-scale secant."""
+    from robust_core.models.mlp import MLP
+    from robust_core.registry import METHODS
+
+    torch.manual_seed(0)
+    m64 = MLP(SMALL, hidden=(32,), batch_norm=False).double()
+    H = hessian(m64, digits)
+    p = METHODS.get(name).Params()
+    torch.manual_seed(5)
+    d, _ = p.vadv_direction(m64, digits)
+    torch.manual_seed(5)
+    d0 = l2_normalize(torch.randn_like(digits))
+    torch.testing.assert_close(d, l2_normalize((H @ d0.flatten()).view_as(digits)))
+    # the secant stays available by name, and is a different vector
+    torch.manual_seed(5)
+    ds, _ = p.model_copy(update={"direction": "finite_difference"}).vadv_direction(m64, digits)
+    assert cosines(ds, d).min() < 0.99
 
 
 def test_kl_logits_nonnegative_zero_at_equal_and_matches_float64():

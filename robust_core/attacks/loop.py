@@ -39,7 +39,7 @@ def _box(x: Tensor, delta: Tensor) -> Tensor:
     return (x + delta).clamp(0.0, 1.0) - x
 
 
-def _check(x: Tensor, steps: int, step_size: float, restarts: int, eot_samples: int) -> None:
+def _check(x: Tensor, steps: int, step_size: float, restarts: int, eot_samples: int, check_range: bool) -> None:
     problems = []
     if steps < 0:
         problems.append(f"steps={steps} must be ≥ 0")
@@ -49,7 +49,7 @@ def _check(x: Tensor, steps: int, step_size: float, restarts: int, eot_samples: 
         problems.append(f"restarts={restarts} must be ≥ 1")
     if eot_samples < 1:
         problems.append(f"eot_samples={eot_samples} must be ≥ 1")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
+    if check_range and x.numel() and (x.min() < 0 or x.max() > 1):
         problems.append(f"inputs must lie in [0, 1] (got [{x.min().item():.3g}, {x.max().item():.3g}]); "
                         "normalisation belongs inside the model")
     if problems:
@@ -65,7 +65,7 @@ def _loss(model, loss_fn: LossFn, z: Tensor) -> Tensor:
 
 def perturb(model, x: Tensor, loss_fn: LossFn, threat: ThreatModel, steps: int, step_size: float,
             random_start: bool = False, restarts: int = 1, generator: torch.Generator | None = None,
-            eot_samples: int = 1) -> Tensor:
+            eot_samples: int = 1, check_range: bool = True) -> Tensor:
     """The one attack loop: maximise ``loss_fn(model(x+δ))`` over δ in the ε-ball ∩ {x+δ ∈ [0,1]}; returns x_adv.
 
     model: any callable (an ``nn.Module`` or an inference-time wrapper); its train/eval mode is NOT changed (the
@@ -75,10 +75,12 @@ def perturb(model, x: Tensor, loss_fn: LossFn, threat: ThreatModel, steps: int, 
     the one with the highest final loss is kept (each restart beyond one costs one extra forward pass to score it).
     generator: seeds the random starts. eot_samples: forward/backward passes whose gradients are averaged per
     step (expectation over transformation, for models that sample at test time).
+    check_range: refuse inputs outside [0, 1] (reads two values on the host: a GPU synchronisation; training-time
+    attacks turn it off, their inputs come from ``fit``'s data, in [0, 1] by construction).
     Forward passes: ``restarts·steps·eot_samples`` (+ ``restarts`` scoring passes when ``restarts > 1``).
     Parameter ``.grad`` fields are never touched (gradients are taken w.r.t. δ only).
     """
-    _check(x, steps, step_size, restarts, eot_samples)
+    _check(x, steps, step_size, restarts, eot_samples, check_range)
     x = x.detach()
     best = x.clone()
     best_loss = x.new_full((x.shape[0],), float("-inf"))

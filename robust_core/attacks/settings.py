@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from typing_extensions import Annotated
 
-from robust_core.config import ConfigError, Number, Strict, _format_errors
+from robust_core.config import ConfigError, Number, Strict, _format_errors, linf_pixel_radius
 
 
 class AuditSettings(Strict):
@@ -77,9 +77,7 @@ class EvalOptions(Strict):
     @field_validator("eps")
     @classmethod
     def _pixel_units(cls, v: float | None) -> float | None:
-        if v is not None and v > 1:
-            raise ValueError(f"{v} > 1: ε is in pixel units of inputs in [0, 1] (write 8/255, not 8)")
-        return v
+        return linf_pixel_radius(v)
 
 
 class EvalSettings(EvalOptions):

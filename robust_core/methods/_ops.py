@@ -25,11 +25,26 @@ def l2_normalize(d: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return (d32 / per_example_norm(d32).clamp_min(eps)).to(d.dtype)
 
 
-def kl_logits(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of KL(p ‖ q) for distributions given by logits, computed with log-softmax (stable)."""
+Direction = Literal["exact", "finite_difference"]
+"""How a power-iteration step H·d is obtained: ``exact`` (the ξ → 0 limit) or ``finite_difference`` (a secant at ξ)."""
+
+
+def kl_per_example(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) of each example (B,) for distributions given by logits (log-softmax, widened to ≥ float32)."""
     logp = F.log_softmax(widen(p_logits), dim=-1)
     logq = F.log_softmax(widen(q_logits), dim=-1)
-    return (logp.exp() * (logp - logq)).sum(-1).mean()
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def kl_logits(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of KL(p ‖ q) for distributions given by logits, computed with log-softmax (stable)."""
+    return kl_per_example(p_logits, q_logits).mean()
+
+
+def entropy_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the entropy of softmax(logits) (the conditional-entropy term of VAT+EntMin)."""
+    logp = F.log_softmax(widen(logits), dim=-1)
+    return -(logp.exp() * logp).sum(-1).mean()
 
 
 def smoothed_ce(logits: torch.Tensor, y: torch.Tensor, s: float) -> torch.Tensor:
@@ -53,7 +68,7 @@ def kl_hessian_direction(
     model: nn.Module,
     x: torch.Tensor,
     d: torch.Tensor,
-    how: Literal["exact", "finite_difference"] = "exact",
+    how: Direction = "exact",
     xi: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One power-iteration step for the top eigenvector of H = ∇²_r KL(p(x) ‖ p(x + r)) at r = 0.
@@ -67,8 +82,11 @@ def kl_hessian_direction(
     depend on ξ and stays accurate in float32 and under autocast, where Miyato's ``(∇KL(x + ξd))/ξ`` with ξ = 1e-6
     is dominated by rounding error (the logits move by ~1e-6 while their own rounding error is ~1e-6).
 
-    ``finite_difference``: Miyato et al.'s estimator ∇_r KL(p(x) ‖ p(x + r)) at r = ξ d (then H d ≈ that / ξ); only
-    right when ξ is large enough for the working precision. Kept to reproduce the original and for comparison.
+    ``finite_difference``: Miyato et al.'s estimator ∇_r KL(p(x) ‖ p(x + r)) at r = ξ d (then H d ≈ that / ξ): a
+    secant. At ξ = 1e-6 (the papers' value, e.g. ``ater-vater.txt`` l. 506) it is dominated by float32 rounding; at a
+    finite ξ (10, the common PyTorch ports) it is accurate but is no longer H·d: on trained mnist5k MLPs its cosine
+    with H·d has median 0.35–0.48, negative for about a fifth of the digits (``benchmarks/vat_direction.py``, results
+    in ``benchmarks/RESULTS.md``). Kept as an explicitly named option.
     """
     from robust_core.modes import frozen_bn_stats
 
@@ -98,19 +116,23 @@ def vat_direction(
     model: nn.Module,
     x: torch.Tensor,
     power_iterations: int = 1,
-    how: Literal["exact", "finite_difference"] = "exact",
+    how: Direction = "exact",
     xi: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit-L2 (per example) approximation of the most KL-sensitive direction at x, and the clean logits."""
+    """Unit-L2 (per example) approximation of the most KL-sensitive direction at x, and the clean logits.
+
+    Computed in float32 (the input's dtype) even inside a bf16/fp16 autocast region: the power iteration's passes
+    run with autocast off, so mixed-precision training changes the cost of these passes, not the direction."""
     from contextlib import nullcontext
 
     from robust_core.modes import frozen_bn_stats
 
     d = l2_normalize(torch.randn_like(x))
     clean = None
-    for k in range(power_iterations):
-        # each step repeats the clean pass: only the first may update BN running statistics (once per batch)
-        with frozen_bn_stats(model) if k else nullcontext():
-            hd, clean = kl_hessian_direction(model, x, d, how, xi)
-        d = l2_normalize(hd)
+    with torch.autocast(x.device.type, enabled=False):
+        for k in range(power_iterations):
+            # each step repeats the clean pass: only the first may update BN running statistics (once per batch)
+            with frozen_bn_stats(model) if k else nullcontext():
+                hd, clean = kl_hessian_direction(model, x, d, how, xi)
+            d = l2_normalize(hd)
     return d, clean

@@ -15,9 +15,11 @@ and one search space ``sweeps/spaces/mymethod.yaml``. Registry-wide tests then c
 parameter gets a gradient, the optimiser and the model's modes untouched).
 
 A method never calls ``zero_grad``/``step``, never changes the model's train/eval mode without restoring it (use
-``robust_core.modes``), and takes device and dtype from its inputs. A method with trainable parts of its own
-(a generator, a discriminator, a table of per-example parameters) returns them from ``modules()``: the loop saves
-them with the model, checkpoints them, and optimises them together with the classifier on ``loss``.
+``robust_core.modes``), takes device and dtype from its inputs, and never reads a device value on the host inside
+``loss`` (no ``.item()``, ``float(t)``, ``if t:``, boolean-mask indexing): logs are tensors, the loop reads them once
+per epoch (``tests/test_step_sync.py`` checks every registered method). A method with trainable parts of its own
+(a generator, a discriminator, a table of per-example parameters) returns them from ``modules()``: the loop adds
+them to the optimiser and to checkpoints (adversaries get their own optimiser, below).
 
 Adversaries (a two-player game such as ATLD's classifier vs discriminator): a method whose ``modules()`` include
 players with an objective of their own returns, from ``adversaries()``, an ``Adversaries`` naming those modules and

@@ -62,7 +62,7 @@ class PGDAT(Method):
         p = self.p
         with attack_context(model, p.attack_mode):
             return perturb(model, x, ce_loss(y), ThreatModel(p.norm, p.eps), p.steps, p.step_frac * p.eps,
-                           random_start=p.random_start)
+                           random_start=p.random_start, check_range=False)
 
     def loss(self, model, batch: Batch, ctx: StepContext) -> LossOutput:
         x_adv = self.adversary(model, batch.x, batch.y)

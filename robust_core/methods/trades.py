@@ -61,7 +61,7 @@ class TRADES(Method):
             with torch.no_grad():
                 target = model(x).detach()
             return perturb(model, x, lambda logits: kl_per_example(target, logits), ThreatModel(p.norm, p.eps),
-                           p.steps, p.step_frac * p.eps, random_start=True)
+                           p.steps, p.step_frac * p.eps, random_start=True, check_range=False)
 
     def loss(self, model, batch: Batch, ctx: StepContext) -> LossOutput:
         x_adv = self.adversary(model, batch.x)

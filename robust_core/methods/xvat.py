@@ -22,15 +22,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from robust_core.methods._ops import kl_logits, widen
+from robust_core.methods._ops import entropy_logits, kl_logits
 from robust_core.methods.base import Batch, LossOutput, StepContext
 from robust_core.methods.xat import MaskParams, _MultiplicativeBase
 from robust_core.registry import METHODS
-
-
-def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    logp = F.log_softmax(widen(logits), dim=-1)
-    return -(logp.exp() * logp).sum(-1).mean()
 
 
 @METHODS.register("xvat")
@@ -58,7 +53,7 @@ class XVAT(_MultiplicativeBase):
         loss = ce + game
         logs = {"ce": ce.detach(), "lds": kl.detach(), "l0": l0.detach()}
         if self.p.entmin > 0:
-            ent = _entropy(logits_u)
+            ent = entropy_logits(logits_u)
             loss = loss + self.p.entmin * ent
             logs["entropy"] = ent.detach()
         return LossOutput(loss, logs, logits)

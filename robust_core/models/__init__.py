@@ -11,6 +11,6 @@ __all__ = ["Classifier", "Normalize", "build_model"]
 def build_model(cfg, info: DatasetInfo) -> Classifier:
     """Build the model named in a ``ModelConfig`` for a dataset."""
     params = dict(cfg.params)
-    if "hidden" in params:
+    if isinstance(params.get("hidden"), list):  # YAML lists -> the tuples the constructors take (smallcnn: an int)
         params["hidden"] = tuple(params["hidden"])
     return MODELS.get(cfg.name)(info, **params)

@@ -10,7 +10,9 @@ Files (relative to ``root``; the same places torchvision uses, so a torchvision 
   ``torchvision.datasets.MNIST`` after a header check here.
 - ``cifar10``:  ``cifar-10-batches-py/data_batch_1..5``, ``test_batch`` (pickled dicts: ``data`` uint8 (N, 3072),
   ``labels``).
-- ``cifar100``: ``cifar-100-python/train``, ``test`` (pickled dicts: ``data``, ``fine_labels``).
+- ``cifar100``: ``cifar-100-python/train``, ``test`` (pickled dicts: ``data``, ``fine_labels``). CIFAR pickles are
+  read by an allow-list unpickler (dicts, lists, numpy arrays; nothing else is imported), so a tampered file is
+  refused as corrupt instead of running code.
 - ``svhn``:     ``train_32x32.mat``, ``test_32x32.mat`` (MATLAB: ``X`` uint8 (32, 32, 3, N), ``y`` (N, 1) in 1..10).
 
 Each format's writer sits beside its reader (``_write_mnist`` ...): the dataset's ``TinyFormat`` uses it to write the
@@ -35,10 +37,11 @@ import numpy as np
 import torch
 
 from robust_core.data.base import Arrays, DataMissingError, DatasetInfo, EvalDefaults, Source, TinyFormat
+from robust_core.errors import InputError
 from robust_core.registry import DATASETS
 
 
-class CorruptDataError(ValueError):
+class CorruptDataError(InputError, ValueError):
     """A dataset file exists but is truncated or not in the expected format; the message names the file."""
 
 
@@ -200,12 +203,28 @@ _CIFAR100 = _Layout(
 )
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only. CIFAR's official files are pickles (the one pickle format a
+    dataset here needs); this allow-list bounds what reading one can do to rebuilding arrays: any other global (e.g.
+    ``os.system`` in a tampered file) is refused before it is imported, so a dataset file cannot run code."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               *((m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")),
+               *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric"))}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: CIFAR batches hold only dicts, lists and "
+                                         "numpy arrays (a file that asks for more may run code)")
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, torch.Tensor]:
-    """One pickled batch -> (uint8 images (N, 3, 32, 32), int64 labels (N,))."""
+    """One pickled batch -> (uint8 images (N, 3, 32, 32), int64 labels (N,)). Read with ``_ArrayUnpickler``."""
     try:
         with open(path, "rb") as f:
             # latin1: the official files are Python 2 pickles holding numpy arrays (as torchvision reads them)
-            entry = pickle.load(f, encoding="latin1")
+            entry = _ArrayUnpickler(f, encoding="latin1").load()
     # Arbitrary bytes make the unpickler raise almost anything (UnpicklingError, EOFError, ValueError, KeyError,
     # ...); every one means the same thing here, and the original is chained, not hidden.
     except Exception as e:  # noqa: BLE001
