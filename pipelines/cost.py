@@ -8,37 +8,29 @@ budget (ASHA usually stops half or more of the trials early), so the sweep figur
 """
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from pipelines.plan import Plan
+from pipelines.plan import EvalUnit, Plan
+from robust_core.registry import DATASETS
 
 # × MLE per training step (benchmarks/RESULTS.md, 4×100 steps, MLP on mnist5k, 1 thread)
 # (atld: its game with a WRN-10-1 discriminator, 2 discriminator steps per step; feature_scatter: 1 Sinkhorn step)
 STEP_COST = {"mle": 1.0, "at_fgsm": 2.5, "at_l2": 2.2, "ro": 1.6, "pgd_at": 4.7, "trades": 7.7, "ater": 4.6,
              "atld": 3.5, "xat": 2.6, "vat": 4.3, "vater": 5.4, "xvat": 3.7, "fat": 6.7, "feature_scatter": 1.4}
-TRAIN_SIZE = {"mnist": 60000, "svhn": 73257, "cifar10": 50000, "cifar100": 50000, "mnist5k": 4000}
-TEST_SIZE = {"mnist": 10000, "svhn": 26032, "cifar10": 10000, "cifar100": 10000, "mnist5k": 1000}
 
 
-def attack_passes(suite: str, ev: dict) -> int:
-    """Forward+backward passes over the evaluated examples one suite needs (+ the masking probe's ~50)."""
-    steps = ev.get("steps") or [20, 40, 100]
-    k = steps[0]
-    grid = len(ev.get("eps_grid") or [0] * 8)
-    l2 = len(ev.get("l2_grid") or [0] * 8)
-    probe = 50
-    return probe + {
-        "whitebox": 2 + 2 * sum(steps),
-        "curves": grid + l2,
-        "budget": 2 * k * grid,
-        "autoattack": 3000,  # standard: APGD-CE 100 + APGD-T 9×100 + FAB-T 9×100 + Square 5000 queries (fwd only)
-        "transfer": 1 + k * 3,
-        "fixed_set": 4,
-        "adaptive": 3 * k * int(ev.get("eot_samples", 1) or 1),
-    }.get(suite, 100)
+PROBE_PASSES = 22  # the masking probe run with every evaluation: PGD-20 at a large ε, noise, one gradient
+
+
+def attack_passes(u: EvalUnit) -> int:
+    """Forward+backward passes over the evaluated examples one evaluation needs: every step of its suite (the
+    attack's own ``passes``, one scoring pass each) and the masking probe."""
+    from robust_core.attacks.suites import SUITES
+
+    steps = SUITES.get(u.suite).steps(u.settings, tuple(n for n, _, _ in u.sources))
+    return PROBE_PASSES + sum(1 + (s.attack.passes if s.attack is not None else 0) for s in steps)
 
 
 @dataclass
@@ -84,7 +76,7 @@ def estimate(plan: Plan) -> Estimate:
         raw = plan.sweep_raw[source]["base"]["train"]
         epochs = raw.get("epochs", 10)
         bs = raw.get("batch_size", 64)
-        n = prof.train_size or TRAIN_SIZE.get(prof.name, 50000)
+        n = prof.train_size or DATASETS.get(prof.name).train_size
         spe = raw.get("steps_per_epoch") or math.ceil(n / bs)
         method = plan.sweep_raw[source]["base"]["method"]["name"]
         return trials * epochs * spe * prof.cost_step_s * STEP_COST.get(method, 3.0)
@@ -105,9 +97,8 @@ def estimate(plan: Plan) -> Estimate:
         prof, _ = prof_of(u.target.source)
         if prof is None or prof.cost_step_s is None:
             continue
-        ev = json.loads(u.settings_json)
-        n_test = ev.get("n_examples") or TEST_SIZE.get(prof.name, 10000)
+        n_test = u.settings.n_examples or DATASETS.get(prof.name).test_size
         bs = plan.sweep_raw[u.target.source]["base"]["train"].get("batch_size", 64)
-        hours["evaluations"] += attack_passes(u.suite, ev) * math.ceil(n_test / bs) * prof.cost_step_s / 3600
+        hours["evaluations"] += attack_passes(u) * math.ceil(n_test / bs) * prof.cost_step_s / 3600
     est.hours, est.counts = dict(hours), dict(counts)
     return est

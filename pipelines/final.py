@@ -80,7 +80,7 @@ def _retrain_task(cfg_dict: dict[str, Any], uri: str, run_id: str, out_dir: str)
     return {k: v for k, v in final.items() if isinstance(v, (int, float, str))}
 
 
-def _eval_task(unit: dict[str, Any], uri: str, models: dict[str, str], eval_run_id: str) -> dict[str, Any]:
+def _eval_task(unit: EvalUnit, uri: str, models: dict[str, str], eval_run_id: str) -> dict[str, Any]:
     """Runs in a Ray worker: load the retrained model(s) from MLflow, run one suite (+ masking probe + audit) on the
     full test set, log the records to the evaluation run. ``models``: role -> retrain run id."""
     import os
@@ -88,47 +88,30 @@ def _eval_task(unit: dict[str, Any], uri: str, models: dict[str, str], eval_run_
     import torch
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from robust_core.attacks.evaluate import run_suites, wire
     from robust_core.attacks.records import write_json
-    from robust_core.attacks.suites import EvalSettings, fixed_adv_sets, make_adv_set, run_suites
     from robust_core.data import prepare_data
     from robust_core.tracking import client, log_artifact_file, log_metrics, set_status, set_tags
     from robust_core.trial import load_trained
 
-    settings_kw = json.loads(unit["settings_json"])
-    for k in ("steps", "eps_grid", "l2_grid"):
-        if k in settings_kw and settings_kw[k] is not None:
-            settings_kw[k] = tuple(settings_kw[k])
-    settings = EvalSettings(**settings_kw, model_name="target")
     with tempfile.TemporaryDirectory() as tmp:
-        def load(role: str, inference: str):
+        def load(ref: tuple[str, str]):
+            role, inference = ref
             p = client(uri).download_artifacts(models[role], "model/model.pt", f"{tmp}/{role}")
-            cfg, clf, method = load_trained(p, inference=json.loads(inference))
-            return cfg, clf, method
+            return load_trained(p, inference=json.loads(inference))
 
-        cfg, clf, method = load("target", unit["inference_json"])
-        wrapped = method.inference_model(clf)
+        cfg, suite_models = wire([unit.suite], load, ("target", unit.inference_json),
+                                 sources={n: (f"source_{n}", inf) for n, _, inf in unit.sources},
+                                 baseline=None if unit.baseline is None else ("baseline", unit.baseline[1]),
+                                 where=f"evaluation {unit.key}")
         data = prepare_data(cfg.data).test
-        suite = unit["suite"]
-        kw: dict[str, Any] = {}
-        model = wrapped
-        if suite == "adaptive":
-            model, kw = clf, {"method": method}
-        elif suite == "transfer":
-            sets = []
-            for name, inf in unit["sources"]:
-                _, sc, sm = load(f"source_{name}", inf)
-                sets.append(make_adv_set(sm.inference_model(sc), data, settings, name))
-            kw = {"adv_sets": sets}
-        elif suite == "fixed_set":
-            _, bc, bm = load("baseline", unit["baseline_inference"])
-            kw = {"adv_sets": fixed_adv_sets(bm.inference_model(bc), data, settings, "baseline")}
-        torch.manual_seed(settings.seed)
-        res = run_suites({suite: (model, kw)}, data, settings, probe_model=wrapped)
+        torch.manual_seed(unit.settings.seed)
+        res = run_suites([unit.suite], suite_models, data, unit.settings)
     records = [r.to_dict() for r in res.records]
     with tempfile.TemporaryDirectory() as tmp:
-        p = write_json(Path(tmp) / EVAL_JSON, res.records, res.audit, {"suite": suite, "unit": unit})
+        p = write_json(Path(tmp) / EVAL_JSON, res.records, res.audit, {"suite": unit.suite, "unit": _unit_meta(unit)})
         log_artifact_file(uri, eval_run_id, str(p))
-    log_metrics(uri, eval_run_id, {r.key: r.accuracy for r in res.records})
+    log_metrics(uri, eval_run_id, {r.metric_name: r.accuracy for r in res.records})
     set_tags(uri, eval_run_id, {f"{TAG}audit_flags": str(len(res.audit))})
     set_status(uri, eval_run_id, "FINISHED")
     return {"records": records, "audit": res.audit}
@@ -298,15 +281,15 @@ class Runner:
                     **{f"{TAG}{role}_run_id": rid for role, rid in models.items() if role != "target"}}
             run_id = start_run(self.uri, exp_id, f"eval-{u.suite}-{u.target.source}-seed{u.target.seed}", tags,
                                parent_run_id=models["target"])
-            log_params(self.uri, run_id, {"suite": u.suite, "inference": u.inference_json,
-                                          **{f"eval.{k}": v for k, v in json.loads(u.settings_json).items()}})
+            log_params(self.uri, run_id, {"suite": u.suite, "inference": u.inference_json, "protocol": u.protocol,
+                                          **{f"eval.{k}": v for k, v in u.settings.model_dump(mode="json").items()}})
             pending.append((key, u, models, run_id))
         self.evals_reused = len(self.evals)
         self.log(f"[eval] {len(pending)} to run, {self.evals_reused} reused from earlier runs")
         if not pending:
             return
         task = self._remote(_eval_task)
-        refs = {task.remote(_unit_dict(u), self.uri, models, run_id): (key, u, run_id)
+        refs = {task.remote(u, self.uri, models, run_id): (key, u, run_id)
                 for key, u, models, run_id in pending}
         t0 = time.time()
 
@@ -320,10 +303,10 @@ class Runner:
         self.evaluated = len(pending)
 
 
-def _unit_dict(u: EvalUnit) -> dict[str, Any]:
-    """What the evaluation task needs besides the run ids: suite, settings, each model's inference overrides."""
-    return {"suite": u.suite, "inference_json": u.inference_json, "settings_json": u.settings_json,
-            "sources": [[n, inf] for n, _, inf in u.sources],
+def _unit_meta(u: EvalUnit) -> dict[str, Any]:
+    """What an evaluation was, in its JSON artifact: suite, protocol fingerprint, settings, models' inference."""
+    return {"suite": u.suite, "protocol": u.protocol, "settings": u.settings.model_dump(mode="json"),
+            "inference": u.inference_json, "sources": [[n, inf] for n, _, inf in u.sources],
             "baseline_inference": None if u.baseline is None else u.baseline[1]}
 
 

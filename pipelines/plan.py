@@ -6,7 +6,9 @@ Units of work, each identified by a stable key so a rerun finds it in MLflow:
 - a *source* (``SourceUnit``): where a row's configuration comes from — an existing sweep, or a sweep the pipeline
   owns (one per method × setting), or the method's defaults (``sweep.mode: defaults``);
 - a *retrain* (``RetrainKey``): a source's selected config + the row's ``set`` overrides + one seed;
-- an *evaluation* (``EvalUnit``): one suite on one retrained model (+ its transfer sources / fixed-set baseline).
+- an *evaluation* (``EvalUnit``): one suite on one retrained model (+ its transfer sources / fixed-set baseline),
+  keyed by the models and by what the suite runs (``robust_core.attacks.evaluate.fingerprint``: its attacks, their
+  settings and the attack code), so a changed suite is evaluated again and an unchanged one is reused.
 """
 from __future__ import annotations
 
@@ -16,16 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.spec import PAPER_STEPS, ColumnSpec, FigureSpec, PipelineSpec, RowSpec, TableSpec
+from robust_core.attacks.key import AttackKey
+from robust_core.attacks.settings import EvalSettings
 from robust_core.config import ConfigError, deep_merge
 
-DISPLAY = {"mnist": "MNIST", "svhn": "SVHN", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-ATTACK_DISPLAY = {"clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "cw": "CW", "autoattack": "AA", "aa": "AA",
-                  "l2grad": "L2"}
 
+def display(dataset: str) -> str:
+    """A registered dataset's name in headers (the paper datasets' names are registered datasets)."""
+    from robust_core.registry import DATASETS
 
-# bumped when a suite's results change meaning, so finished evaluations of the old version are not reused:
-# autoattack 2 = the dynamic-defense flag no longer leaks from an earlier model in the same worker process
-SUITE_VERSION = {"autoattack": 2}
+    return DATASETS.get(dataset).display
 
 
 def _h(obj: Any) -> str:
@@ -71,17 +73,21 @@ class RetrainKey:
 
 @dataclass(frozen=True)
 class EvalUnit:
+    """One suite on one retrained model. protocol: ``robust_core.attacks.evaluate.fingerprint`` of what the suite
+    runs with these settings; sources: (name, retrain, inference_json) per transfer source; baseline: (retrain,
+    inference_json) of the fixed set's baseline."""
+
     suite: str
     target: RetrainKey
     inference_json: str
-    settings_json: str  # EvalSettings fields
-    sources: tuple[tuple[str, RetrainKey, str], ...] = ()  # (name, retrain, inference_json)
+    settings: EvalSettings
+    protocol: str
+    sources: tuple[tuple[str, RetrainKey, str], ...] = ()
     baseline: tuple[RetrainKey, str] | None = None
 
     @property
     def key(self) -> str:
-        return _h([self.suite, SUITE_VERSION.get(self.suite, 1), self.target, self.inference_json, self.settings_json,
-                   self.sources, self.baseline])
+        return _h([self.protocol, self.target, self.inference_json, self.sources, self.baseline])
 
 
 @dataclass
@@ -90,7 +96,7 @@ class CellRef:
 
     retrains: list[RetrainKey]
     evals: list[EvalUnit | None]
-    attack: str | None = None  # record label (profile steps), with @source for transfer / fixed set
+    attack: AttackKey | None = None  # the records' key (profile's step counts), with its source / objective
     reference: list[RetrainKey] = field(default_factory=list)  # relative_epoch_time: the reference method's
 
 
@@ -120,7 +126,7 @@ class ResolvedFigure:
     rows: dict[tuple[str, str], list[RetrainKey]]  # (row label, setting key) -> retrains per seed
     evals: dict[tuple[str, str], list[EvalUnit]]
     seeds: list[int]
-    attacks: list[str]
+    attacks: list[AttackKey]
     footnotes: list[str]
 
 
@@ -136,28 +142,14 @@ class Plan:
     problems: list[str]
 
 
-def map_attack(label: str, steps: tuple[int, ...] | None) -> str:
-    """The paper's attack label (pgd-20) in a profile whose ``eval.steps`` replaces (20, 40, 100) positionally."""
-    name, _, src = label.partition("@")
-    base, _, rest = name.partition("[")
-    fam, _, k = base.rpartition("-")
-    if steps is not None and fam and k.isdigit() and int(k) in PAPER_STEPS:
-        idx = PAPER_STEPS.index(int(k))
-        if idx < len(steps):
-            base = f"{fam}-{steps[idx]}"
-    out = base + (f"[{rest}" if rest else "")
-    return out + (f"@{src}" if src else "")
+FIGURE_SUITE = {"curves": "curves", "budget": "budget", "bars": "whitebox"}  # figure kind -> the suite it plots
 
 
-def attack_header(label: str) -> str:
-    name = label.partition("@")[0]
-    base, _, rest = name.partition("[")
-    fam, _, k = base.rpartition("-")
-    if fam and k.isdigit():
-        s = f"{ATTACK_DISPLAY.get(fam, fam.upper())}-{k}"
-    else:
-        s = ATTACK_DISPLAY.get(base, base)
-    return s + (f" [{rest.rstrip(']')}]" if rest else "")
+def map_attack(key: AttackKey, steps: tuple[int, ...]) -> AttackKey:
+    """The paper's attack (``pgd-40``) in a profile whose ``eval.steps`` replaces (20, 40, 100) in order."""
+    if key.steps in PAPER_STEPS and PAPER_STEPS.index(key.steps) < len(steps):
+        return key.with_(steps=steps[PAPER_STEPS.index(key.steps)])
+    return key
 
 
 class Planner:
@@ -169,6 +161,7 @@ class Planner:
         self.retrains: set[RetrainKey] = set()
         self.evals: dict[str, EvalUnit] = {}
         self._names: dict[str, str] = {}  # sweep stem -> name with its config hash
+        self._protocols: dict[str, str] = {}  # evaluation identity (JSON) -> fingerprint, computed once per plan
 
     # ------------------------------------------------------------------ settings and sources
     def setting(self, paper: str, labels: int | None, stand_in: bool = False) -> Setting | None:
@@ -177,7 +170,7 @@ class Planner:
         if prof is None:
             return None
         lab = prof.labels.get(labels, labels) if labels is not None else None
-        return Setting(paper, key, prof.name, lab, prof.display or DISPLAY.get(key, prof.name), stand_in)
+        return Setting(paper, key, prof.name, lab, prof.display or display(prof.name), stand_in)
 
     def source(self, row: RowSpec, setting: Setting | None) -> SourceUnit:
         if row.sweep is not None:
@@ -248,36 +241,58 @@ class Planner:
         return k
 
     # ------------------------------------------------------------------ evaluations
-    def eval_settings(self, s: Setting | None) -> dict[str, Any]:
-        prof = self.spec.datasets.get(s.profile) if s is not None else None
-        ev = dict(prof.eval) if prof is not None else {}
-        ev["dataset"] = s.dataset if s is not None else "mnist5k"
-        return ev
+    def eval_settings(self, s: Setting) -> EvalSettings:
+        prof = self.spec.datasets[s.profile]
+        assert prof is not None
+        return EvalSettings.of(prof.eval, s.dataset, model_name="target")
 
-    def steps(self, s: Setting | None) -> tuple[int, ...] | None:
-        st = self.eval_settings(s).get("steps")
-        return tuple(st) if st is not None else None
+    def steps(self, s: Setting) -> tuple[int, ...]:
+        return self.eval_settings(s).steps
 
     def inference(self, row: RowSpec) -> str:
         inf = self.spec.methods[row.method].inference if row.method is not None else {}
         return json.dumps(inf, sort_keys=True)
 
-    def eval_unit(self, suite: str, row: RowSpec, setting: Setting | None, seed_i: int, seeds: list[int],
+    def check_attack(self, where: str, suite: str, key: AttackKey, settings: EvalSettings,
+                     sources: tuple[str, ...] = ()) -> None:
+        """A column's / figure's attack must be one the suite runs (a typo fails here, not after training)."""
+        from robust_core.attacks.suites import SUITES
+
+        if suite not in SUITES:
+            return  # reported by the spec's checks
+        runs = list(dict.fromkeys(str(st.key) for st in SUITES.get(suite).steps(settings, sources)))
+        if str(key) not in runs:
+            self.problems.append(f"{where}: suite {suite} does not run {key} here (it runs: {', '.join(runs)})")
+
+    def protocol(self, suite: str, settings: EvalSettings, sources: tuple[str, ...], method: str | None) -> str:
+        from robust_core.attacks.evaluate import fingerprint
+
+        memo = json.dumps([suite, settings.model_dump(mode="json"), sources, method])
+        if memo not in self._protocols:
+            self._protocols[memo] = fingerprint(suite, settings, sources, method)
+        return self._protocols[memo]
+
+    def eval_unit(self, suite: str, row: RowSpec, setting: Setting, seed_i: int, seeds: list[int],
                   rows_by_label: dict[str, RowSpec], sources: dict[str, str] | None = None,
                   baseline: str | None = None, col_set: dict[str, Any] | None = None) -> EvalUnit:
         seed = seeds[seed_i]
         target = self.retrain(row, setting, seed, col_set)
+        from robust_core.attacks.suites import SUITES
+
+        needs = SUITES.get(suite).needs
         src: tuple = ()
-        if suite == "transfer":
+        if "sources" in needs:
             other = seeds[(seed_i + 1) % len(seeds)]  # an independently trained source: the next seed's model
             src = tuple((n, self.retrain(rows_by_label[lab], setting, other), self.inference(rows_by_label[lab]))
                         for n, lab in sorted((sources or {}).items()))
         base = None
-        if suite == "fixed_set":
+        if "baseline" in needs:
             b = rows_by_label[baseline]  # type: ignore[index]
             base = (self.retrain(b, setting, seed), self.inference(b))
-        u = EvalUnit(suite, target, self.inference(row), json.dumps(self.eval_settings(setting), sort_keys=True),
-                     src, base)
+        settings = self.eval_settings(setting)
+        method = self.spec.methods[row.method].method if row.method is not None else None
+        proto = self.protocol(suite, settings, tuple(n for n, _, _ in src), method)
+        u = EvalUnit(suite, target, self.inference(row), settings, proto, src, base)
         self.evals.setdefault(u.key, u)
         return u
 
@@ -297,34 +312,45 @@ class Planner:
                 avail = [(c, self.setting(c.dataset, c.labels, stand_in=True) if c.dataset == first else None)
                          for c in t.columns]  # type: ignore[arg-type]
                 s0 = next(s for _, s in avail if s is not None)
-                foot.append(f"{s0.display} stands in for {DISPLAY[first or '']} (not available in this profile); the "
+                foot.append(f"{s0.display} stands in for {display(first or '')} (not available in this profile); the "
                             "paper's values are for a different dataset and are not shown beside stand-in cells.")
             dropped = [c.label for c, s in avail if s is None]
             if dropped:
                 foot.append("Columns not computed in this profile (data not available here): " + ", ".join(dropped)
                             + ".")
             for c, s in avail:
+                if c.value == "attack" and c.suite is not None and c.attack is not None:
+                    where = f"tables.{t.name}: column {c.label!r}"
+                    srcs = tuple(sorted(t.sources))
+                    if s is None:  # not run in this profile: checked against the paper dataset's defaults
+                        self.check_attack(where, c.suite, c.attack, EvalSettings(dataset=c.dataset), srcs)
+                    else:
+                        self.check_attack(where, c.suite, map_attack(c.attack, self.steps(s)), self.eval_settings(s),
+                                          srcs)
                 if s is None:
                     continue
                 steps = self.steps(s)
-                faithful = (not s.stand_in and s.display == DISPLAY.get(s.paper or "") and s.labels == c.labels
-                            and (c.attack is None or map_attack(c.attack, steps) == c.attack))
-                paper_hdr = DISPLAY[c.dataset] + (f" ({c.labels})" if c.labels else "")  # type: ignore[index]
+                paper_name = display(c.dataset)  # type: ignore[arg-type]
+                paper_hdr = paper_name + (f" ({c.labels})" if c.labels else "")
                 same_attack = c.attack is None or map_attack(c.attack, steps) == c.attack
+                faithful = not s.stand_in and s.display == paper_name and s.labels == c.labels and same_attack
                 renamed = c.label.startswith(paper_hdr) and same_attack
                 if faithful:
                     header = c.label
                 elif renamed:  # "MNIST error" -> "mnist5k error"
                     header = s.header + c.label[len(paper_hdr):]
                 elif c.value == "attack":
-                    header = f"{s.header} {attack_header(map_attack(c.attack, steps))}"  # type: ignore[arg-type]
+                    header = f"{s.header} {map_attack(c.attack, steps).header}"  # type: ignore[arg-type]
                 else:
                     header = s.header
                 cols.append(ResolvedColumn(c, s, header, show_paper=not s.stand_in))
         if not cols:
             return None
+        from robust_core.attacks.suites import SUITES
+
         by_label = {r.label: r for r in t.rows}
-        if len(seeds) == 1 and any(c.spec.suite == "transfer" for c in cols):
+        if len(seeds) == 1 and any(c.spec.suite in SUITES and "sources" in SUITES.get(c.spec.suite).needs
+                                   for c in cols):
             foot.append("One seed only: the transfer sources are the same seed's models (for the source's own row "
                         "that is a white-box attack).")
         cells: dict[tuple[str, int], CellRef] = {}
@@ -352,19 +378,19 @@ class Planner:
         for st in f.settings:
             s = self.setting(st.dataset, st.labels)
             if s is None:
-                foot.append(f"{DISPLAY[st.dataset]} panel not computed in this profile (data not available here).")
+                foot.append(f"{display(st.dataset)} panel not computed in this profile (data not available here).")
             else:
                 settings.append(s)
         if not settings and self.spec.stand_in is not None:
             s = self.setting(f.settings[0].dataset, f.settings[0].labels, stand_in=True)
             if s is not None:
                 settings = [s]
-                first = DISPLAY[f.settings[0].dataset]
+                first = display(f.settings[0].dataset)
                 foot = [x for x in foot if not x.startswith(f"{first} panel")]
                 foot.insert(0, f"{s.display} stands in for {first} (not available in this profile).")
         if not settings:
             return None
-        suite = {"curves": "curves", "budget": "budget", "bars": "whitebox"}.get(f.kind)
+        suite = FIGURE_SUITE.get(f.kind)
         by_label = {r.label: r for r in f.rows}
         rows: dict[tuple[str, str], list[RetrainKey]] = {}
         evals: dict[tuple[str, str], list[EvalUnit]] = {}
@@ -375,6 +401,8 @@ class Planner:
                     evals[(r.label, s.key)] = [self.eval_unit(suite, r, s, i, seeds, by_label)
                                                for i in range(len(seeds))]
         attacks = [map_attack(a, self.steps(settings[0])) for a in f.attacks]
+        for a in attacks if suite is not None else ():
+            self.check_attack(f"figures.{f.name}: attack {a}", suite, a, self.eval_settings(settings[0]))
         return ResolvedFigure(f, f.title + suffix, settings, rows, evals, seeds, attacks, foot)
 
 

@@ -13,11 +13,16 @@ from statistics import mean, stdev
 from typing import TYPE_CHECKING, Any
 
 from pipelines.figures import Figure, Panel, Series, figure_csv, render_figure
-from pipelines.plan import ATTACK_DISPLAY, CellRef, ResolvedFigure, ResolvedTable, attack_header
+from pipelines.plan import CellRef, ResolvedFigure, ResolvedTable
+from pipelines.reproduction import render_reproduction, table_record
 from pipelines.tables import Cell, Row, Table, render_csv, render_latex, render_markdown
+from robust_core.attacks.key import AttackKey
 
 if TYPE_CHECKING:
     from pipelines.final import Runner
+
+
+NORM_TEXT = {"linf": "L∞", "l2": "L2", "l1": "L1"}
 
 
 def _audit_note(flag: str) -> str:
@@ -26,17 +31,11 @@ def _audit_note(flag: str) -> str:
     return f"masking audit: {flag.removeprefix('target: ')}"
 
 
-def find_record(records: list[dict[str, Any]], attack: str, suite: str) -> dict[str, Any] | None:
-    """The record for ``label[@source]`` of ``suite`` (masking probes excluded)."""
-    label, _, source = attack.partition("@")
+def find_record(records: list[dict[str, Any]], key: AttackKey, suite: str) -> dict[str, Any] | None:
+    """The record of ``key`` in ``suite`` (masking probes excluded)."""
+    want = str(key)
     for rec in records:
-        if rec["suite"] != suite or rec.get("options", {}).get("probe"):
-            continue
-        if rec["label"] == label and (rec.get("source") or "") == source:
-            return rec
-        if label == "aa" and rec["attack"] == "autoattack":  # any version; non-standard ones get a footnote
-            return rec
-        if rec["label"].startswith(label + "-eot") and (rec.get("source") or "") == source:  # adaptive with EOT
+        if rec["suite"] == suite and rec["key"] == want and not rec.get("options", {}).get("probe"):
             return rec
     return None
 
@@ -80,13 +79,14 @@ def _cell(r: "Runner", rt: ResolvedTable, row_label: str, j: int) -> Cell:
     if not vals:
         what = ref.attack if col.value == "attack" else (col.metric if col.value == "metric" else col.value)
         note = f"no {what} recorded by the runs of this cell (see lineage.json)"
-    paper = None
     row = next(x for x in rt.spec.rows if x.label == row_label)
-    if rc.show_paper and row.paper is not None:
-        paper = row.paper[rt.spec.columns.index(col)]
+    pv = row.paper.get(col.label) if rc.show_paper else None
+    if pv is not None and pv.value is None:
+        notes.append(pv.note)  # the paper prints a value here that does not read unambiguously
     notes = list(dict.fromkeys(notes))
     suspect = any(n.startswith("masking audit:") for n in notes)
-    return Cell(tuple(vals), tuple(ids + eval_ids), note, paper, tuple(notes), suspect)
+    return Cell(tuple(vals), tuple(ids + eval_ids), note, pv.value if pv else None, tuple(notes), suspect,
+                compare=col.value != "epoch_time")
 
 
 def build_table(r: "Runner", rt: ResolvedTable) -> Table:
@@ -96,17 +96,32 @@ def build_table(r: "Runner", rt: ResolvedTable) -> Table:
         src = {r.selections[k.source].sweep + "/" + (r.selections[k.source].trial_run_id or "defaults")
                for k in rt.cells[(row.label, 0)].retrains}
         rows.append(Row(row.label, cells, source=";".join(sorted(src))))
-    foot = list(rt.footnotes)
-    if any(x.paper is not None for x in rt.spec.rows):
-        foot.append(f"In parentheses: published value ({rt.spec.paper}); none where the paper reports none or it is "
-                    "not transcribed in pipelines/catalog.yaml.")
-    elif rt.spec.paper:
-        foot.append(f"Paper: {rt.spec.paper}. Published values are not transcribed in pipelines/catalog.yaml for this "
-                    "table.")
+    foot = list(rt.footnotes) + published_footnotes(
+        rt.spec.paper, [(c.spec.label, c.header, c.spec.value) for c in rt.columns
+                        if c.show_paper and any(c.spec.label in x.paper for x in rt.spec.rows)])
     higher = tuple(False if c.spec.value in ("error", "epoch_time", "relative_epoch_time")
                    else True if c.spec.value == "attack" else rt.spec.higher_is_better for c in rt.columns)
     return Table(rt.spec.name, rt.title, tuple(c.header for c in rt.columns), tuple(rows), rt.spec.higher_is_better,
-                 rt.spec.decimals, tuple(foot), column_higher=higher)
+                 rt.spec.decimals, tuple(foot), column_higher=higher,
+                 paper_columns=tuple(c.spec.label for c in rt.columns))
+
+
+def published_footnotes(paper: str, columns: list[tuple[str, str, str]]) -> list[str]:
+    """Footnotes on the published values of a table: where they come from, which columns run other data or attacks
+    than the paper's (compared all the same, said here), and which are shown without a verdict. ``columns``: (the
+    paper's label, our header, value kind) of each column that shows published values."""
+    if not columns:  # none published, or not shown (a stand-in dataset: the plan's footnote says so)
+        return [f"Paper: {paper}."] if paper else []
+    foot = [f"Published values: {paper}; each transcribed with the paper's table, row and column it comes from (the "
+            "rows' `paper:` in pipelines/catalog.yaml); none where the paper reports none."]
+    differ = [f"{ours} for {label}" for label, ours, _ in columns if ours != label]
+    if differ:
+        foot.append("Compared with the paper's values although this profile runs other data or attacks in "
+                    f"the paper's place ({'; '.join(differ)}): a gap there measures the distance to the paper under "
+                    "this profile, not a failed reproduction of the paper's setting.")
+    if any(kind == "epoch_time" for _, _, kind in columns):
+        foot.append("Seconds per epoch depend on the hardware: the paper's are shown for reference, without a verdict.")
+    return foot
 
 
 # ---------------------------------------------------------------------------------------------------- figures
@@ -143,18 +158,20 @@ def build_figure(r: "Runner", rf: ResolvedFigure) -> Figure:
             suite = f.kind
             for atk in rf.attacks:
                 series = []
+                norms: set[str] = set()
                 for row in f.rows:
                     pts: dict[float, list[float]] = {}
                     for u in rf.evals[(row.label, s.key)]:
                         for rec in r.evals[u.key]["records"]:
-                            if rec["suite"] == suite and rec["label"] == atk and not rec.get("source"):
+                            if rec["suite"] == suite and rec["key"] == str(atk):
                                 pts.setdefault(rec["eps"], []).append(rec["accuracy"] * 100)
+                                norms.add(rec["norm"])
                                 flags += rec.get("flags", [])
                     xs = sorted(pts)
                     agg = [_agg(pts[x]) for x in xs]
                     series.append(Series(row.label, tuple(xs), tuple(a for a, _ in agg), tuple(b for _, b in agg)))
-                norm = "L2" if atk == "l2grad" else "L∞"
-                panels.append(Panel(f"{s.header}: {attack_header(atk)}", f"ε ({norm}, pixel units)",
+                norm = " / ".join(NORM_TEXT.get(n, n) for n in sorted(norms)) or "?"
+                panels.append(Panel(f"{s.header}: {atk.header}", f"ε ({norm}, pixel units)",
                                     "accuracy (%)", tuple(series), ylim=(0, 100)))
         elif f.kind == "bars":
             series = []
@@ -170,7 +187,7 @@ def build_figure(r: "Runner", rf: ResolvedFigure) -> Figure:
                     groups.append(vals)
                 series.append(_bar_series(row.label, groups))
             panels.append(Panel(s.header, "attack", "accuracy (%)", tuple(series), kind="bar",
-                                xticklabels=tuple(attack_header(a) for a in rf.attacks), ylim=(0, 100)))
+                                xticklabels=tuple(a.header for a in rf.attacks), ylim=(0, 100)))
         elif f.kind == "epochs":
             for pair in (f.pairs or [[row.label for row in f.rows]]):
                 series = []
@@ -226,9 +243,10 @@ def render_outputs(r: "Runner") -> dict[str, Any]:
         "selections": {n: {"sweep_run_id": s.sweep_run_id, "trial_run_id": s.trial_run_id, "metric": s.metric,
                            "value": None if math.isnan(s.value) else s.value}
                        for n, s in r.selections.items()},
-        "tables": {}, "figures": {}}
+        "tables": {}, "figures": {}, "reproduction": {}}
     for rt in r.plan.tables:
         table = build_table(r, rt)
+        lineage["reproduction"][rt.spec.name] = table_record(table, f"{rt.spec.name}.md")
         files = {"md": render_markdown(table), "csv": render_csv(table), "tex": render_latex(table)}
         tables[rt.spec.name] = {}
         for ext, text in files.items():
@@ -252,14 +270,19 @@ def render_outputs(r: "Runner") -> dict[str, Any]:
     old = out / "lineage.json"
     if old.is_file():  # a run with --only updates its own entries and keeps the others'
         prev = json.loads(old.read_text())
-        for key in ("selections", "tables", "figures"):
+        for key in ("selections", "tables", "figures", "reproduction"):
             lineage[key] = {**prev.get(key, {}), **lineage[key]}
     text = json.dumps(lineage, indent=2)
     old.write_text(text)
     log_artifact_text(r.uri, r.parent, "lineage.json", text)
+    title = r.spec.name + (f" ({r.spec.title_suffix})" if r.spec.title_suffix else "")
+    repro = render_reproduction(title, lineage["reproduction"], [t.name for t in r.spec.tables])
+    (out / "REPRODUCTION.md").write_text(repro)
+    log_artifact_text(r.uri, r.parent, "REPRODUCTION.md", repro)
     index = write_index(r, out)
     log_artifact_text(r.uri, r.parent, "index.md", index)
-    return {"tables": tables, "figures": figures, "index": str(out / "index.md")}
+    return {"tables": tables, "figures": figures, "index": str(out / "index.md"),
+            "reproduction": str(out / "REPRODUCTION.md")}
 
 
 def write_index(r: "Runner", out: Path) -> str:
@@ -268,6 +291,9 @@ def write_index(r: "Runner", out: Path) -> str:
     lines = [f"# {r.spec.name}", "", f"MLflow: experiment `{r.exp}` at `{r.uri}`, last pipeline run `{r.parent}`.", ""]
     tabs = [t for t in r.spec.tables if (out / f"{t.name}.md").is_file()]
     figs = [f for f in r.spec.figures if (out / f"{f.name}.png").is_file()]
+    if (out / "REPRODUCTION.md").is_file():
+        lines += ["Did each result match the paper? [REPRODUCTION.md](REPRODUCTION.md): every cell with a published "
+                  "value, its verdict, and a summary per table.", ""]
     if tabs:
         lines += ["## Tables", ""] + [f"- [{t.title}{suffix}]({t.name}.md) ([csv]({t.name}.csv), [tex]({t.name}.tex))"
                                       for t in tabs]
@@ -290,10 +316,10 @@ def _lineage(r: "Runner", ref: CellRef) -> dict[str, Any]:
                          "retrain_run_ids": {str(k.seed): r.retrains[k]["run_id"] for k in ref.retrains}}
     if any(u is not None for u in ref.evals):
         d["eval_run_ids"] = {str(u.target.seed): r.evals[u.key]["run_id"] for u in ref.evals if u is not None}
-        d["attack"] = ref.attack
+        d["attack"] = str(ref.attack)
     if ref.reference:
         d["reference_run_ids"] = {str(k.seed): r.retrains[k]["run_id"] for k in ref.reference}
     return d
 
 
-__all__ = ["build_figure", "build_table", "find_record", "render_outputs", "ATTACK_DISPLAY"]
+__all__ = ["build_figure", "build_table", "find_record", "render_outputs"]

@@ -18,13 +18,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError, field_validator, \
+    model_validator
+from typing_extensions import Annotated
 
+from robust_core.attacks.key import AttackKey
+from robust_core.attacks.settings import EvalOptions
 from robust_core.config import ConfigError, _format_errors, deep_merge, read_yaml
 
 PAPER_DATASETS = ("mnist", "svhn", "cifar10", "cifar100")
 PAPER_STEPS = (20, 40, 100)  # the papers' PGD/CW step counts; a profile's eval.steps maps onto them in order
 NAME = r"^[A-Za-z0-9_.-]+$"
+# an attack as a column names it, parsed once (robust_core.attacks.key): `pgd-20`, `pgd-20[both]`, `fgsm@baseline`
+AttackField = Annotated[AttackKey, PlainValidator(AttackKey.coerce), PlainSerializer(str)]
 
 
 class _Strict(BaseModel):
@@ -55,13 +61,43 @@ class MethodSpec(_Strict):
         d = getattr(self, field)
         return d.get(paper or "", d.get("default"))
 
+    @model_validator(mode="after")
+    def _params_and_inference(self) -> "MethodSpec":
+        """``params`` + ``inference`` must be valid ``Params`` of the method: checked here, so a typo in an
+        evaluation-only override fails at --dry-run, not after training (``params`` alone are checked with the
+        sweeps built from them)."""
+        from robust_core.registry import METHODS
+
+        if not self.inference or self.method not in METHODS:
+            return self  # an unknown method is reported with the other cross-section problems
+        try:
+            METHODS.get(self.method).Params.model_validate({**self.params, **self.inference})
+        except ValidationError as e:
+            problems = [p for p in _format_errors(e, prefix="inference")
+                        if p.split(":")[0].removeprefix("inference.") in self.inference]
+            if problems:
+                raise ValueError("; ".join(problems)) from None
+        return self
+
+
+class PublishedValue(_Strict):
+    """A value the paper publishes for one cell, in the column's unit (accuracy or error in %, seconds, ratio).
+    ``source`` says where it is, in the form ``pipelines/check_published.py`` verifies against the paper's text
+    (``FILE.txt TABLE, lines A-B, row ROW, column COLUMN, number K``). ``value: null`` with a ``note``: the paper
+    prints something here that does not read unambiguously in the extracted text; the note (why) becomes the cell's
+    footnote. A cell the paper reports nothing for has no entry."""
+
+    value: float | None = None
+    source: str | None = None
+    note: str = ""
+
 
 class RowSpec(_Strict):
     label: str
     sweep: str | None = None  # an existing sweep (MLflow parent run) the best configuration is taken from
     method: str | None = None  # or: a key of `methods:` (the pipeline owns the sweeps)
     set: dict[str, Any] = Field(default_factory=dict)  # dotted overrides on the selected config (sensitivity rows)
-    paper: list[float | None] | None = None  # published value per column (None = not reported / not transcribed)
+    paper: dict[str, PublishedValue] = Field(default_factory=dict)  # column label -> published value (tables only)
 
     @model_validator(mode="after")
     def _one_source(self) -> "RowSpec":
@@ -87,9 +123,20 @@ class ColumnSpec(_Strict):
     metric: str = "test_acc"
     scale: float = 100.0
     suite: str | None = None
-    attack: str | None = None
+    attack: AttackField | None = None
     relative_to: str | None = None  # a key of `methods:` (relative_epoch_time)
     set: dict[str, Any] = Field(default_factory=dict)  # dotted overrides on this column's retrains (over the row's)
+
+    @field_validator("suite")
+    @classmethod
+    def _registered(cls, v: str | None) -> str | None:
+        from robust_core.attacks.suites import SUITES
+        from robust_core.registry import UnknownNameError
+
+        try:
+            return None if v is None else SUITES.get(v).name
+        except UnknownNameError as e:
+            raise ValueError(str(e)) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> "ColumnSpec":
@@ -137,7 +184,7 @@ class FigureSpec(_Strict):
     kind: FigureKind
     rows: list[RowSpec] = Field(min_length=1)
     settings: list[SettingSpec] = Field(min_length=1)
-    attacks: list[str] = Field(default_factory=list)
+    attacks: list[AttackField] = Field(default_factory=list)
     pairs: list[list[str]] = Field(default_factory=list)  # epochs: row labels shown together
     thresholds: list[float] = Field(default_factory=list)  # epochs_to_reach: test accuracies in %
     seeds: list[int] | None = None
@@ -151,8 +198,9 @@ class ResourcesSpec(_Strict):
 class DatasetProfile(_Strict):
     """How a paper dataset is run in this profile. name: registered dataset. model: {name, params}. train: train
     config overrides (epochs, steps_per_epoch, batch sizes, lr, ...). labels: paper label count -> this profile's
-    (unlisted counts are kept). n_val: validation examples carved from train. eval: ``EvalSettings`` fields (eps,
-    l2_eps, steps, step_frac, restarts, batch_size, eps_grid, l2_grid, eot_samples, autoattack, n_examples)."""
+    (unlisted counts are kept). n_val: validation examples carved from train. eval: how its models are evaluated
+    (``robust_core.attacks.settings.EvalOptions``: eps, l2_eps, steps, step_frac, restarts, batch_size, eps_grid,
+    l2_grid, eot_samples, autoattack, n_examples, seed, audit), validated with the rest of the profile."""
 
     name: str
     display: str | None = None  # column header name (default: the dataset name)
@@ -160,7 +208,7 @@ class DatasetProfile(_Strict):
     train: dict[str, Any] = Field(default_factory=dict)
     labels: dict[int, int] = Field(default_factory=dict)
     n_val: int | None = Field(None, ge=1)
-    eval: dict[str, Any] = Field(default_factory=dict)
+    eval: EvalOptions = Field(default_factory=EvalOptions)
     cost_step_s: float | None = Field(None, gt=0)  # seconds per supervised (MLE) training step, for the estimate
     train_size: int | None = Field(None, ge=1)  # examples in train (for the estimate when steps_per_epoch is null)
 
@@ -231,6 +279,7 @@ class PipelineSpec(_Strict):
 
 def cross_problems(spec: PipelineSpec) -> list[str]:
     """Checks across sections (names, references), all listed at once."""
+    from robust_core.attacks.suites import BASELINE, SUITES
     from robust_core.registry import DATASETS, METHODS
 
     p: list[str] = []
@@ -258,27 +307,34 @@ def cross_problems(spec: PipelineSpec) -> list[str]:
                 if r.method is not None and r.method not in spec.methods:
                     p.append(f"{where}: row {r.label!r} names method {r.method!r}, which is not a key of `methods:`")
             if isinstance(t, TableSpec):
-                for r in t.rows:
-                    if r.paper is not None and len(r.paper) != len(t.columns):
-                        p.append(f"{where}: row {r.label!r} has {len(r.paper)} paper values for {len(t.columns)} "
-                                 "columns (write null where the paper reports none)")
+                p += published_problems(t, where)
+                needs: set[str] = set()
                 for c in t.columns:
+                    col = f"{where}: column {c.label!r}"
                     if c.relative_to is not None and c.relative_to not in spec.methods:
-                        p.append(f"{where}: column {c.label!r}: relative_to {c.relative_to!r} is not a method key")
+                        p.append(f"{col}: relative_to {c.relative_to!r} is not a method key")
                     if c.dataset is None and any(r.method is not None for r in t.rows):
-                        p.append(f"{where}: column {c.label!r} needs `dataset:` (its rows name methods)")
-                    if c.suite == "transfer" and c.attack and c.attack.startswith("from_"):
-                        src = c.attack[len("from_"):]
-                        if src not in t.sources:
-                            p.append(f"{where}: column {c.label!r} attacks from {src!r}, not in `sources:`")
+                        p.append(f"{col} needs `dataset:` (its rows name methods)")
+                    if c.value != "attack" or c.suite is None:
+                        continue
+                    if c.dataset is None:
+                        p.append(f"{col} needs `dataset:` (its threat model and evaluation settings come from "
+                                 "`datasets:` of that paper dataset)")
+                    needs |= SUITES.get(c.suite).needs
                 for s, lab in t.sources.items():
                     if lab not in labels:
                         p.append(f"{where}: sources.{s} = {lab!r} is not a row label")
+                    if s == BASELINE:
+                        p.append(f"{where}: sources.{s}: {BASELINE!r} names the fixed set's baseline; use another name")
                 if t.baseline is not None and t.baseline not in labels:
                     p.append(f"{where}: baseline {t.baseline!r} is not a row label")
-                if any(c.suite == "fixed_set" for c in t.columns) and t.baseline is None:
-                    p.append(f"{where}: fixed_set columns need `baseline:` (the row the fixed set is made on)")
+                if "baseline" in needs and t.baseline is None:
+                    p.append(f"{where}: its columns' suites need `baseline:` (the row the fixed set is made on)")
+                if "sources" in needs and not t.sources:
+                    p.append(f"{where}: its columns' suites need `sources:` (name -> row label of each source model)")
             else:
+                p += [f"{where}: row {r.label!r} has `paper:` values; published values belong to table rows"
+                      for r in t.rows if r.paper]
                 for pair in t.pairs:
                     for lab in pair:
                         if lab not in labels:
@@ -293,6 +349,36 @@ def cross_problems(spec: PipelineSpec) -> list[str]:
             if t.seeds is not None and len(set(t.seeds)) != len(t.seeds):
                 p.append(f"{where}: seeds must be distinct")
     return p
+
+
+def published_problems(t: TableSpec, where: str) -> list[str]:
+    """Every published value of ``t`` names a column of ``t`` and is well formed (``value_problems``)."""
+    p: list[str] = []
+    labels = [c.label for c in t.columns]
+    for r in t.rows:
+        for col, pv in r.paper.items():
+            at = f"{where}: row {r.label!r}, paper {col!r}"
+            if col not in labels:
+                p.append(f"{at}: not a column label of this table; columns: {', '.join(labels)}")
+            p += value_problems(pv, at)
+    return p
+
+
+def value_problems(pv: PublishedValue, at: str) -> list[str]:
+    """A value with a well-formed source, or no value and a note saying why (also for the pending file's entries)."""
+    from pipelines.check_published import parse_source
+
+    if pv.value is None:
+        return [] if pv.note else [f"{at}: no value and no `note:`; give `value:` with its `source:`, or a note saying "
+                                   "why the paper's value cannot be read (a cell the paper reports nothing for has no "
+                                   "entry)"]
+    if not pv.source:
+        return [f"{at}: value {pv.value:g} has no `source:` (where it is printed in ../shared/papers/)"]
+    try:
+        parse_source(pv.source)
+    except ValueError as e:
+        return [f"{at}: {e}"]
+    return []
 
 
 def _absolutise(raw: dict[str, Any], cwd: Path) -> dict[str, Any]:

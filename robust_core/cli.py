@@ -86,7 +86,7 @@ def cmd_final(args: argparse.Namespace) -> int:
         print(f"figure {name}: {files['png']} (also .pdf, data .csv)")
     print(f"trained {res['trained']} model(s), reused {res['reused']}; ran {res['evaluated']} evaluation(s), reused "
           f"{res['evals_reused']}; {(time.time() - t0) / 60:.1f} min")
-    print(f"index: {res['index']}; lineage: {res['output_dir']}/lineage.json")
+    print(f"index: {res['index']}; reproduction: {res['reproduction']}; lineage: {res['output_dir']}/lineage.json")
     return 0
 
 

@@ -6,7 +6,9 @@ from torch import nn
 
 from robust_core.attacks.audit import audit
 from robust_core.attacks.records import EvalRecord
-from robust_core.attacks.suites import EvalSettings, evaluate, format_table
+from robust_core.attacks.evaluate import evaluate, format_table
+from robust_core.attacks.key import AttackKey
+from robust_core.attacks.settings import EvalSettings
 
 SETTINGS = EvalSettings(dataset="synthetic", eps=0.1, steps=(5, 10), step_frac=0.5, batch_size=100)
 
@@ -57,8 +59,9 @@ def test_plain_model_passes_and_masked_model_is_flagged():
 
 
 def _rec(label, eps, acc, suite="s", source=None, norm="linf", steps=1, attack=None, flags=None, n=1000):
-    return EvalRecord(suite, "m", attack or label.split("-")[0], label, norm, eps, str(eps), steps, eps, 1, n, 0,
-                      "robust_core", "0", acc, source=source, flags=list(flags or []))
+    key = str(AttackKey.parse(label).with_(source=source))
+    return EvalRecord(suite, key, "m", attack or label.split("-")[0], label, norm, eps, str(eps), steps, eps, 1, n, 0,
+                      "robust_core", "0.1.0", acc, source=source, flags=list(flags or []))
 
 
 def test_each_rule_on_records():
@@ -67,6 +70,9 @@ def test_each_rule_on_records():
     assert audit([*base]) == []
     # iterative weaker than one step
     assert any("weaker than one-step" in f for f in audit([*base, _rec("cw-20", 0.3, 0.7, steps=20)]))
+    # one-step is what the attack's own step count says, whatever its name
+    assert any("weaker than one-step toy" in f for f in audit([*base, _rec("toy", 0.3, 0.2, attack="toy")]))
+    assert audit([*base, _rec("toy-30", 0.3, 0.28, attack="toy", steps=30)]) == []
     # more steps weaker than fewer
     assert any("fewer steps" in f for f in audit([*base[:3], _rec("pgd-100", 0.3, 0.45, steps=100)]))
     # attack above clean
@@ -78,7 +84,8 @@ def test_each_rule_on_records():
     # transfer stronger than white-box
     assert any("transfer" in f for f in audit([*base, _rec("pgd-20", 0.3, 0.1, source="plain", steps=20)]))
     # AutoAttack's own warnings are carried into the audit
-    aa = _rec("aa", 0.3, 0.28, attack="autoattack", flags=["autoattack: it seems to be a randomized defense!"])
+    aa = _rec("aa", 0.3, 0.28, attack="autoattack", steps=100,
+              flags=["autoattack: it seems to be a randomized defense!"])
     assert any("randomized" in f for f in audit([*base, aa]))
     # AutoAttack far below PGD: the PGD numbers overestimate robustness
     aa_low = _rec("aa", 0.3, 0.2, attack="autoattack", steps=100)

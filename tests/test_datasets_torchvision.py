@@ -17,8 +17,8 @@ import torch
 
 from robust_core.config import DataConfig, load_run_config
 from robust_core.data import DataMissingError, prepare_data
-from robust_core.data.sources.torchvision_sets import CorruptDataError
-from robust_core.data.tiny import write_idx, write_in_format, write_pickle
+from robust_core.data.sources.torchvision_sets import CorruptDataError, write_idx, write_pickle
+from robust_core.data.tiny import write_in_format
 from robust_core.models import build_model
 from robust_core.registry import DATASETS
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 
 import pytest
@@ -12,8 +13,9 @@ from robust_core.attacks.autoattack import AutoAttack
 from robust_core.attacks.base import eps_str
 from robust_core.attacks.cli import add_arguments, run
 from robust_core.attacks.gradient import PGD
+from robust_core.attacks.evaluate import SuiteModels, run_suite, select
+from robust_core.attacks.settings import EvalSettings
 from robust_core.config import ConfigError
-from robust_core.attacks.suites import EvalSettings, autoattack, select, whitebox
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,7 @@ def test_autoattack_and_our_pgd_agree_on_a_linear_mnist_model(mnist):
         clean = (model(x).argmax(1) == y).float().mean().item()
     assert clean > 0.8 and 0.1 < exact < clean - 0.1  # an interesting regime: the attack has work to do
     aa = AutoAttack(eps=eps, version="custom", attacks=("apgd-ce", "apgd-t"), n_iter=20)
-    xa, flags = aa.run(model, x, y)
+    xa, flags = aa.run(model, x, y)[:2]
     acc_aa = (model(xa).argmax(1) == y).float().mean().item()
     ours = PGD(eps=eps, n_steps=50, step_frac=0.1)(model, x, y, generator=torch.Generator().manual_seed(0))
     acc_ours = (model(ours).argmax(1) == y).float().mean().item()
@@ -72,16 +74,18 @@ def test_records_carry_the_full_protocol():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
     x, y = torch.rand(30, 1, 4, 4), torch.randint(0, 3, (30,))
     s = EvalSettings(dataset="cifar10", n_examples=20, steps=(2,), seed=5, model_name="lin")
-    recs = whitebox(model, (x, y), s)
-    assert [r.label for r in recs] == ["clean", "fgsm", "pgd-2", "cw-2"]
+    recs = run_suite("whitebox", SuiteModels.of(model), (x, y), s)
+    assert [r.label for r in recs] == ["clean", "fgsm", "pgd-2", "cw-2"] == [r.key for r in recs]
+    installed = importlib.metadata.version("robust-sweep")
     for r in recs[1:]:
         assert r.eps_str == "8/255" and r.eps == pytest.approx(8 / 255) and r.n_examples == 20 and r.subset
         assert r.seed == 5 and r.library == "robust_core" and r.norm == "linf" and r.model == "lin"
+        assert r.library_version == installed != "0"  # the package's real version
     assert recs[2].step_size == pytest.approx(2 / 255) and recs[2].steps == 2 and recs[2].restarts == 1
-    aa = autoattack(model, (x, y), EvalSettings(dataset="cifar10", autoattack={"version": "custom",
-                                                                               "attacks": ("apgd-ce",), "n_iter": 3}))
+    aa = run_suite("autoattack", SuiteModels.of(model), (x, y), EvalSettings(
+        dataset="cifar10", autoattack={"version": "custom", "attacks": ("apgd-ce",), "n_iter": 3}))
     assert aa[1].library == "pyautoattack" and aa[1].library_version == "0.2.0" and not aa[1].subset
-    assert aa[1].label == "aa-custom(apgd-ce)-it3"
+    assert aa[1].label == "aa-custom(apgd-ce)-it3" and aa[1].key == "aa"  # a column names it "aa"
     # a subset is a seeded, labelled choice
     xs1, _, sub = select((x, y), s)
     xs2, _, _ = select((x, y), s)
@@ -89,13 +93,13 @@ def test_records_carry_the_full_protocol():
     assert [eps_str(e) for e in (8 / 255, 0.3, 2.0, 10 / 255)] == ["8/255", "3/10", "2", "10/255"]
     with pytest.raises(ValueError, match="pixel units"):
         EvalSettings(eps=8)
+    with pytest.raises(ValueError, match="epz"):
+        EvalSettings(epz=0.1)  # unknown keys are refused
     with pytest.raises(ValueError, match="version='custom'"):
         AutoAttack(eps=0.1, attacks=("apgd-ce",))
 
 
 def test_adaptive_suite_takes_pluggable_objectives_and_uses_eot_for_random_models():
-    from robust_core.attacks.suites import adaptive
-
     torch.manual_seed(0)
     base = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
 
@@ -125,9 +129,12 @@ def test_adaptive_suite_takes_pluggable_objectives_and_uses_eot_for_random_model
 
     x, y = torch.rand(10, 1, 4, 4), torch.randint(0, 3, (10,))
     s = EvalSettings(dataset="cifar10", steps=(2,), eot_samples=3)
-    recs = adaptive(base, (x, y), s, method=Method(), objectives={"both": lambda z, y: -z.sum((1, 2, 3))})
+    models = SuiteModels.of(base, Method(), objectives={"both": lambda z, y: -z.sum((1, 2, 3))})
+    recs = run_suite("adaptive", models, (x, y), s)
     assert [r.label for r in recs] == ["clean", "pgd-2[classifier]-eot3", "pgd-2[discriminator]-eot3",
                                        "pgd-2[both]-eot3"]
+    assert [r.key for r in recs] == ["clean", "pgd-2[classifier]", "pgd-2[discriminator]", "pgd-2[both]"]
+    assert [r.options.get("loss") for r in recs[1:]] == ["classifier", "discriminator", "both"]
     assert Method.calls == 2 * 3  # steps × EOT samples
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.plan import attack_header, make_plan, map_attack
+from pipelines.plan import make_plan, map_attack
+from robust_core.attacks.key import AttackKey
 from pipelines.spec import load_pipeline_spec
 from robust_core.config import ConfigError
 
@@ -37,7 +38,7 @@ def test_paper_profile_keeps_the_papers_columns():
     plan = make_plan(load_pipeline_spec(PIPELINES / "paper.yaml"))
     wb = next(t for t in plan.tables if t.spec.name == "atld_whitebox")
     assert len(wb.columns) == 24 and wb.columns[2].header == "CIFAR-10 PGD-20"
-    assert not wb.footnotes  # nothing dropped, nothing stood in
+    assert wb.footnotes == wb.spec.notes  # nothing dropped, nothing stood in: only the table's own notes
     fat = next(t for t in plan.tables if t.spec.name == "fat_ssl")
     assert [c.header for c in fat.columns] == ["MNIST (20)", "MNIST (100)", "SVHN (500)", "SVHN (1000)",
                                                "CIFAR-10 (1000)", "CIFAR-10 (4000)"]
@@ -86,13 +87,15 @@ def test_changing_a_budget_names_new_sweeps(tmp_path):
     assert set(again.sources) == set(a.sources)  # stable: a rerun finds the same sweeps
 
 
-def test_attack_labels_follow_the_profiles_step_counts():
-    assert map_attack("pgd-40", (2, 3, 4)) == "pgd-3"
-    assert map_attack("pgd-20[both]", (5,)) == "pgd-5[both]"
-    assert map_attack("pgd-20@standard", (7, 8, 9)) == "pgd-7@standard"
-    assert map_attack("fgsm@baseline", (7, 8, 9)) == "fgsm@baseline"
-    assert map_attack("cw-100", None) == "cw-100"
-    assert attack_header("pgd-20[classifier]") == "PGD-20 [classifier]" and attack_header("aa") == "AA"
+def test_attack_keys_follow_the_profiles_step_counts():
+    def m(text, steps):
+        return str(map_attack(AttackKey.parse(text), steps))
+
+    assert m("pgd-40", (2, 3, 4)) == "pgd-3"
+    assert m("pgd-20[both]", (5,)) == "pgd-5[both]"
+    assert m("pgd-20@standard", (7, 8, 9)) == "pgd-7@standard"
+    assert m("fgsm@baseline", (7, 8, 9)) == "fgsm@baseline"
+    assert m("cw-100", (20, 40, 100)) == "cw-100" and m("cw-100", (5,)) == "cw-100"  # no third count: kept
 
 
 def test_bad_profile_lists_every_problem_before_anything_starts(tmp_path):
@@ -109,17 +112,42 @@ def test_bad_profile_lists_every_problem_before_anything_starts(tmp_path):
 
 
 def test_bad_row_set_and_paper_values_are_caught(tmp_path):
+    src = "xat-xvat-poster.txt semi-supervised table, lines 108-117, row VAT [6], column MNIST, number 1"
     p = _profile(tmp_path, overrides={"fat_sensitivity": {"rows": [
         {"label": "x", "method": "fat", "set": {"method.params.epz": 1.0}}]},
-        "xvat_ssl": {"rows": [{"label": "VAT", "method": "vat", "paper": [98.6]}]}})
+        "xvat_ssl": {"rows": [{"label": "VAT", "method": "vat", "paper": {
+            "MNIST (10)": {"value": 98.6, "source": src},  # no such column
+            "SVHN (1000)": {"value": 94.2},  # no source
+            "CIFAR-10 (4000)": {"value": 85.1, "source": "the poster, somewhere"},  # not the checkable form
+            "MNIST (100)": {}}}]}},  # neither a value nor a note saying why not
+        figures=[{"name": "f", "title": "f", "kind": "bars", "attacks": ["fgsm"], "settings": [{"dataset": "mnist"}],
+                  "rows": [{"label": "VAT", "method": "vat", "paper": {"MNIST": {"value": 1.0, "source": src}}}]}])
     with pytest.raises(ConfigError) as e:
         make_plan(load_pipeline_spec(p))
     msg = str(e.value)
-    assert "row 'VAT' has 1 paper values for 3 columns" in msg
+    where = "tables.xvat_ssl: row 'VAT', paper"
+    for needle in (f"{where} 'MNIST (10)': not a column label of this table; columns: MNIST (100), SVHN (1000)",
+                   f"{where} 'SVHN (1000)': value 94.2 has no `source:`",
+                   f"{where} 'CIFAR-10 (4000)': source 'the poster, somewhere' is not of the form",
+                   f"{where} 'MNIST (100)': no value and no `note:`",
+                   "figures.f: row 'VAT' has `paper:` values; published values belong to table rows"):
+        assert needle in msg, (needle, msg)
     p = _profile(tmp_path, overrides={"fat_sensitivity": {"rows": [
         {"label": "x", "method": "fat", "set": {"method.params.epz": 1.0}}]}})
     with pytest.raises(ConfigError, match="epz"):
         make_plan(load_pipeline_spec(p))
+
+
+def test_every_catalogue_table_carries_the_papers_published_values():
+    """Each table of the five papers has published values, each with a checkable source (validated on load); the
+    values themselves are verified against the papers' text by `python -m pipelines.check_published`."""
+    spec = load_pipeline_spec(PIPELINES / "paper.yaml")
+    per_table = {t.name: sum(pv.value is not None for r in t.rows for pv in r.paper.values()) for t in spec.tables}
+    assert set(per_table) == CATALOG_TABLES and all(per_table.values()), per_table
+    assert sum(per_table.values()) == 213  # every value the papers print for a catalogued row and column
+    ater = next(t for t in spec.tables if t.name == "ater_supervised")
+    vater = next(r for r in ater.rows if r.label == "VATER").paper
+    assert (vater["MNIST"].value, vater["CIFAR-10"].value) == (0.55, 5.20)  # Tables 1 and 2, error in %
 
 
 def test_only_unknown_name_is_refused(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from statistics import stdev
 from types import SimpleNamespace
 
 import pytest
@@ -12,9 +13,10 @@ import yaml
 from pipelines.final import Selection
 from pipelines.plan import make_plan
 from pipelines.render import build_figure, build_table
+from pipelines.reproduction import POLICY, render_reproduction, table_record
 from pipelines.figures import figure_csv
 from pipelines.spec import load_pipeline_spec
-from pipelines.tables import render_csv, render_latex, render_markdown
+from pipelines.tables import render_csv, render_latex, render_markdown, t_half_width
 from robust_core.config import RunConfig
 
 SPEC = {
@@ -24,8 +26,18 @@ SPEC = {
     "methods": {"mle": {"method": "mle"}, "pgd": {"method": "pgd_at"}},
     "tables": [{
         "name": "robust", "title": "Robust accuracy (%)", "paper": "Doe 2020",
-        "rows": [{"label": "MLE", "method": "mle", "paper": [99.0, None, 95.0, 1.2]},
-                 {"label": "PGD-AT", "method": "pgd", "paper": [98.5, 89.0, None, 0.9]}],
+        "rows": [{"label": "MLE", "method": "mle", "paper": {
+                     "MNIST": {"value": 99.0, "source": "doe.txt Table 1, lines 3-9, row MLE, column MNIST, number 1"},
+                     "MNIST PGD-20": {"note": "the paper's MLE row is scrambled in the extracted text"},
+                     "SVHN": {"value": 95.0, "source": "doe.txt Table 1, lines 3-9, row MLE, column SVHN, number 3"},
+                     "MNIST error": {"value": 1.2, "source": "doe.txt Table 2, lines 12-15, row MLE, column err, "
+                                                             "number 1"}}},
+                 {"label": "PGD-AT", "method": "pgd", "paper": {
+                     "MNIST": {"value": 80.0, "source": "doe.txt Table 1, lines 3-9, row AT, column MNIST, number 1"},
+                     "MNIST PGD-20": {"value": 89.0, "source": "doe.txt Table 1, lines 3-9, row AT, column PGD, "
+                                                               "number 2"},
+                     "MNIST error": {"value": 0.9, "source": "doe.txt Table 2, lines 12-15, row AT, column err, "
+                                                             "number 1"}}}],
         "columns": [{"label": "MNIST", "dataset": "mnist"},
                     {"label": "MNIST PGD-20", "dataset": "mnist", "value": "attack", "suite": "whitebox",
                      "attack": "pgd-20"},
@@ -41,8 +53,8 @@ FLAG = "target: pgd-5 linf ε=0.3 (84.00%) weaker than fewer steps"
 
 
 def _rec(suite, label, acc, eps=0.3, flags=()):
-    return {"suite": suite, "label": label, "attack": label.split("-")[0], "source": None, "eps": eps,
-            "accuracy": acc, "flags": list(flags), "options": {}}
+    return {"suite": suite, "key": label, "label": label, "attack": label.split("-")[0], "source": None, "eps": eps,
+            "norm": "linf", "accuracy": acc, "flags": list(flags), "options": {}}
 
 
 @pytest.fixture
@@ -68,38 +80,50 @@ def runner(tmp_path):
 def test_table_golden_from_fixed_runs(runner):
     t = build_table(runner, runner.plan.tables[0])
     t = replace(t, rows=tuple(replace(r, source=re.sub(r"-[0-9a-f]{6}/", "-HASH/", r.source)) for r in t.rows))
+    # PGD-AT/mnist5k: 94.50 ± t(0.975, 1)·0.71/√2 = 94.50 ± 6.35 misses 80.00 (✗ +14.50); the other four contain
+    # theirs; MLE's PGD cell has a published entry without value (a note, no verdict)
     assert render_markdown(t) == (
         "### Robust accuracy (%) (reduced budget)\n"
         "\n"
         "| Method | mnist5k | mnist5k PGD-5 | mnist5k error |\n"
         "|---|---|---|---|\n"
-        "| MLE | **97.50 ± 0.71** (99.00) | **0.50 ± 0.71** | **2.50 ± 0.71** (1.20) |\n"
-        "| PGD-AT | 94.50 ± 0.71 (98.50) | 82.00 ± 2.83 (89.00) [3] | 5.50 ± 0.71 (0.90) |\n"
+        "| MLE | **97.50 ± 0.71** (99.00 ✓) | **0.50 ± 0.71** [4] | **2.50 ± 0.71** (1.20 ✓) |\n"
+        "| PGD-AT | 94.50 ± 0.71 (80.00 ✗ +14.50) | 82.00 ± 2.83 (89.00 ✓) [5] | 5.50 ± 0.71 (0.90 ✓) |\n"
         "\n"
-        "Mean ± sample std over 2 seeds; best in bold (not given to cells with a masking-audit footnote) (published "
-        "value in parentheses).\n"
+        "Mean ± sample std over 2 seeds; best in bold (not given to cells with a masking-audit footnote).\n"
+        "In parentheses: the published value, then ✓ when it lies inside our mean's 95 % t-interval over seeds, ✗ "
+        "and the signed gap ours − paper when it does not, Δ and the gap with one seed (no interval); no mark: shown "
+        "for reference only.\n"
+        "**Reproduced 4 of 5 cells (published value inside our mean's 95 % t-interval over seeds); mean signed gap "
+        "ours − paper +2.38 over 5 cells.**\n"
         "[1] Columns not computed in this profile (data not available here): SVHN.\n"
-        "[2] In parentheses: published value (Doe 2020); none where the paper reports none or it is not transcribed"
-        " in pipelines/catalog.yaml.\n"
-        "[3] masking audit: pgd-5 linf ε=0.3 (84.00%) weaker than fewer steps\n"
+        "[2] Published values: Doe 2020; each transcribed with the paper's table, row and column it comes from (the "
+        "rows' `paper:` in pipelines/catalog.yaml); none where the paper reports none.\n"
+        "[3] Compared with the paper's values although this profile runs other data or attacks in the paper's place "
+        "(mnist5k for MNIST; mnist5k PGD-5 for MNIST PGD-20; mnist5k error for MNIST error): a gap there measures "
+        "the distance to the paper under this profile, not a failed reproduction of the paper's setting.\n"
+        "[4] the paper's MLE row is scrambled in the extracted text\n"
+        "[5] masking audit: pgd-5 linf ε=0.3 (84.00%) weaker than fewer steps\n"
     )
     assert render_csv(t) == (
-        "table,method,column,mean,std,n,values,run_ids,source,note,paper\n"
-        "robust,MLE,mnist5k,97.500000,0.707107,2,98.000000;97.000000,r-mle-0;r-mle-1,g-mle-mnist-all-defaults-HASH/"
-        "defaults,,99.000000\n"
+        "table,method,column,mean,std,n,values,run_ids,source,note,paper,ci_low,ci_high,gap,verdict\n"
+        "robust,MLE,mnist5k,97.500000,0.707107,2,98.000000;97.000000,r-mle-0;r-mle-1,"
+        "g-mle-mnist-all-defaults-HASH/defaults,,99.000000,91.146898,103.853102,-1.500000,reproduced\n"
         "robust,MLE,mnist5k PGD-5,0.500000,0.707107,2,0.000000;1.000000,r-mle-0;r-mle-1;e-mle-0-whitebox;"
-        "e-mle-1-whitebox,g-mle-mnist-all-defaults-HASH/defaults,,\n"
-        "robust,MLE,mnist5k error,2.500000,0.707107,2,2.000000;3.000000,r-mle-0;r-mle-1,g-mle-mnist-all-defaults-HASH/"
-        "defaults,,1.200000\n"
-        "robust,PGD-AT,mnist5k,94.500000,0.707107,2,95.000000;94.000000,r-pgd-0;r-pgd-1,g-pgd-mnist-all-defaults-HASH/"
-        "defaults,,98.500000\n"
+        "e-mle-1-whitebox,g-mle-mnist-all-defaults-HASH/defaults,the paper's MLE row is scrambled in the extracted "
+        "text,,,,,\n"
+        "robust,MLE,mnist5k error,2.500000,0.707107,2,2.000000;3.000000,r-mle-0;r-mle-1,"
+        "g-mle-mnist-all-defaults-HASH/defaults,,1.200000,-3.853102,8.853102,1.300000,reproduced\n"
+        "robust,PGD-AT,mnist5k,94.500000,0.707107,2,95.000000;94.000000,r-pgd-0;r-pgd-1,"
+        "g-pgd-mnist-all-defaults-HASH/defaults,,80.000000,88.146898,100.853102,14.500000,not reproduced\n"
         "robust,PGD-AT,mnist5k PGD-5,82.000000,2.828427,2,80.000000;84.000000,r-pgd-0;r-pgd-1;e-pgd-0-whitebox;"
-        "e-pgd-1-whitebox,g-pgd-mnist-all-defaults-HASH/defaults,masking audit: pgd-5 linf ε=0.3 (84.00%) weaker than "
-        "fewer steps,89.000000\n"
-        "robust,PGD-AT,mnist5k error,5.500000,0.707107,2,5.000000;6.000000,r-pgd-0;r-pgd-1,g-pgd-mnist-all-defaults-HASH/"
-        "defaults,,0.900000\n"
+        "e-pgd-1-whitebox,g-pgd-mnist-all-defaults-HASH/defaults,masking audit: pgd-5 linf ε=0.3 (84.00%) weaker "
+        "than fewer steps,89.000000,56.587591,107.412409,-7.000000,reproduced\n"
+        "robust,PGD-AT,mnist5k error,5.500000,0.707107,2,5.000000;6.000000,r-pgd-0;r-pgd-1,"
+        "g-pgd-mnist-all-defaults-HASH/defaults,,0.900000,-0.853102,11.853102,4.600000,reproduced\n"
     )
     assert render_latex(t) == (
+        "% needs \\usepackage{booktabs} (rules) and \\usepackage{amssymb} (\\checkmark) in the document preamble\n"
         "\\begin{table}[t]\n"
         "\\centering\n"
         "\\caption{Robust accuracy (\\%) (reduced budget)}\n"
@@ -108,25 +132,70 @@ def test_table_golden_from_fixed_runs(runner):
         "\\toprule\n"
         "Method & mnist5k & mnist5k PGD-5 & mnist5k error \\\\\n"
         "\\midrule\n"
-        "MLE & \\textbf{97.50 $\\pm$ 0.71} (99.00) & \\textbf{0.50 $\\pm$ 0.71} & \\textbf{2.50 $\\pm$ 0.71} (1.20) "
-        "\\\\\n"
-        "PGD-AT & 94.50 $\\pm$ 0.71 (98.50) & 82.00 $\\pm$ 2.83 (89.00)$^{3}$ & 5.50 $\\pm$ 0.71 (0.90) \\\\\n"
+        "MLE & \\textbf{97.50 $\\pm$ 0.71} (99.00 \\checkmark) & \\textbf{0.50 $\\pm$ 0.71}$^{4}$ & \\textbf{2.50 "
+        "$\\pm$ 0.71} (1.20 \\checkmark) \\\\\n"
+        "PGD-AT & 94.50 $\\pm$ 0.71 (80.00 $\\times$ $+14.50$) & 82.00 $\\pm$ 2.83 (89.00 \\checkmark)$^{5}$ & 5.50 "
+        "$\\pm$ 0.71 (0.90 \\checkmark) \\\\\n"
         "\\bottomrule\n"
         "\\end{tabular}\n"
+        "\\par{\\footnotesize Mean $\\pm$ sample std over 2 seeds; best in bold (not given to cells with a "
+        "masking-audit footnote).}\n"
+        "\\par{\\footnotesize In parentheses: the published value, then \\checkmark{} when it lies inside our mean's "
+        "95 \\% t-interval over seeds, $\\times$ and the signed gap ours $-$ paper when it does not, $\\Delta$ and "
+        "the gap with one seed (no interval); no mark: shown for reference only.}\n"
+        "\\par{\\footnotesize Reproduced 4 of 5 cells (published value inside our mean's 95 \\% t-interval over "
+        "seeds); mean signed gap ours $-$ paper +2.38 over 5 cells.}\n"
         "\\par{\\footnotesize $^{1}$ Columns not computed in this profile (data not available here): SVHN.}\n"
-        "\\par{\\footnotesize $^{2}$ In parentheses: published value (Doe 2020); none where the paper reports none or "
-        "it is not transcribed in pipelines/catalog.yaml.}\n"
-        "\\par{\\footnotesize $^{3}$ masking audit: pgd-5 linf ε=0.3 (84.00\\%) weaker than fewer steps}\n"
+        "\\par{\\footnotesize $^{2}$ Published values: Doe 2020; each transcribed with the paper's table, row and "
+        "column it comes from (the rows' `paper:` in pipelines/catalog.yaml); none where the paper reports none.}\n"
+        "\\par{\\footnotesize $^{3}$ Compared with the paper's values although this profile runs other data or "
+        "attacks in the paper's place (mnist5k for MNIST; mnist5k PGD-5 for MNIST PGD-20; mnist5k error for MNIST "
+        "error): a gap there measures the distance to the paper under this profile, not a failed reproduction of the "
+        "paper's setting.}\n"
+        "\\par{\\footnotesize $^{4}$ the paper's MLE row is scrambled in the extracted text}\n"
+        "\\par{\\footnotesize $^{5}$ masking audit: pgd-5 linf $\\varepsilon$=0.3 (84.00\\%) weaker than fewer "
+        "steps}\n"
         "\\end{table}\n"
     )
+    assert render_reproduction("g (reduced budget)", {"robust": table_record(t, "robust.md")}, ["robust"]) == (
+        "# Reproduction: g (reduced budget)\n"
+        "\n"
+        f"{POLICY}\n"
+        "\n"
+        "| table | reproduced | gap only (n=1) | mean signed gap |\n"
+        "|---|---|---|---|\n"
+        "| [Robust accuracy (%) (reduced budget)](robust.md) | 4 of 5 | 0 | +2.38 |\n"
+        "\n"
+        "**Overall: 4 of 5 judged cells reproduced, over 1 table.**\n"
+        "\n"
+        "## [Robust accuracy (%) (reduced budget)](robust.md)\n"
+        "\n"
+        "Reproduced 4 of 5 cells (published value inside our mean's 95 % t-interval over seeds); mean signed gap "
+        "ours − paper +2.38 over 5 cells.\n"
+        "\n"
+        "| method | column | ours: mean ± 95 % interval | paper | gap | verdict |\n"
+        "|---|---|---|---|---|---|\n"
+        "| MLE | mnist5k ← MNIST | 97.50 ± 6.35 (n=2) | 99.00 | −1.50 | ✓ reproduced |\n"
+        "| MLE | mnist5k error ← MNIST error | 2.50 ± 6.35 (n=2) | 1.20 | +1.30 | ✓ reproduced |\n"
+        "| PGD-AT | mnist5k ← MNIST | 94.50 ± 6.35 (n=2) | 80.00 | +14.50 | ✗ not reproduced |\n"
+        "| PGD-AT | mnist5k PGD-5 ← MNIST PGD-20 | 82.00 ± 25.41 (n=2) | 89.00 | −7.00 | ✓ reproduced |\n"
+        "| PGD-AT | mnist5k error ← MNIST error | 5.50 ± 6.35 (n=2) | 0.90 | +4.60 | ✓ reproduced |\n"
+    )
+
+
+def test_the_pages_interval_widths_are_students_t():
+    # the policy quotes the 95 % half-width per sample std for 2, 3 and 5 seeds
+    for n, width in ((2, "8.98"), (3, "2.48"), (5, "1.24")):
+        values = tuple(float(i) for i in range(n))
+        assert f"{t_half_width(values) / stdev(values):.2f}" == width and f"± {width} s with {n}" in POLICY
 
 
 def test_missing_record_is_a_dash_with_a_footnote(runner):
     for ev in runner.evals.values():
         ev["records"] = [r for r in ev["records"] if r["label"] != "pgd-5"]
     md = render_markdown(build_table(runner, runner.plan.tables[0]))
-    assert "| MLE | **97.50 ± 0.71** (99.00) | — [3] |" in md
-    assert "[3] no pgd-5 recorded by the runs of this cell (see lineage.json)" in md
+    assert "| MLE | **97.50 ± 0.71** (99.00 ✓) | — [4,5] |" in md
+    assert "[4] no pgd-5 recorded by the runs of this cell (see lineage.json)" in md
 
 
 def test_figure_points_are_the_records_mean_and_std(runner):

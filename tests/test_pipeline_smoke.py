@@ -4,6 +4,8 @@ figure (png/pdf/csv) of the catalogue, an index and lineage, all logged to MLflo
 nothing; ``--only`` renders one output."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from pipelines.plan import make_plan
 from pipelines.spec import load_pipeline_spec
 from robust_core import tracking
 from robust_core.cli import main
+from pipelines.tables import PREAMBLE
 from robust_core.config import read_yaml
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +52,7 @@ def test_smoke_writes_every_table_and_figure(smoke_run):
         md = (out / f"{name}.md").read_text()
         assert md.startswith("### ") and "(smoke: tiny generated data)" in md, name
         assert "| Method |" in md and (out / f"{name}.csv").read_text().startswith("table,method,column")
-        assert (out / f"{name}.tex").read_text().startswith("\\begin{table}")
+        assert (out / f"{name}.tex").read_text().startswith(f"{PREAMBLE}\n\\begin{{table}}")
         assert "—" not in md, f"{name} has a missing cell:\n{md}"  # every cell computed on the smoke data
     for name in CATALOG_FIGURES:
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
@@ -63,6 +66,34 @@ def test_smoke_writes_every_table_and_figure(smoke_run):
     assert (data / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
     assert (data / "train_32x32.mat").is_file() and (data / "cifar-10-batches-py" / "data_batch_5").is_file()
     assert (data / "cifar-100-python" / "train").is_file()
+
+
+def test_every_published_value_is_shown_with_a_verdict(smoke_run):
+    """smoke runs every paper dataset (tiny data in its format): each catalogued published value stands beside its
+    cell with a verdict (none for seconds on other hardware), and REPRODUCTION.md, linked from the index and logged
+    to the pipeline run, covers every table."""
+    cwd, spec = smoke_run
+    out = Path(spec.output_dir)
+    for t in _CATALOG["tables"]:
+        rows = iter(csv.DictReader(io.StringIO((out / f"{t['name']}.csv").read_text())))
+        for r in t["rows"]:
+            for c in t["columns"]:  # smoke keeps every column, in the catalogue's order
+                cell = next(rows)
+                pv = (r.get("paper") or {}).get(c["label"], {})
+                assert (cell["paper"] != "") == (pv.get("value") is not None), (t["name"], r["label"], c["label"])
+                if pv.get("value") is not None:
+                    assert float(cell["paper"]) == pv["value"]
+                    want = {"reference only"} if c.get("value") == "epoch_time" else {"reproduced", "not reproduced"}
+                    assert cell["verdict"] in want, (t["name"], r["label"], c["label"], cell)
+                elif pv:  # published but unreadable in the extracted text: its note is the cell's footnote
+                    assert pv["note"] in cell["note"]
+    repro = (out / "REPRODUCTION.md").read_text()
+    assert repro.startswith("# Reproduction: smoke (smoke: tiny generated data)")
+    assert all(f"## [{t.title}" in repro and f"]({t.name}.md)" in repro for t in spec.tables)
+    assert "(REPRODUCTION.md)" in (out / "index.md").read_text()
+    lineage = json.loads((out / "lineage.json").read_text())
+    client = tracking.client(spec.tracking.uri)
+    assert "REPRODUCTION.md" in {a.path for a in client.list_artifacts(lineage["pipeline_run_id"])}
 
 
 def test_lineage_and_mlflow_trace_every_cell(smoke_run):
@@ -103,3 +134,4 @@ def test_rerun_reuses_everything_and_only_renders_one(smoke_run):
     index = (out / "index.md").read_text()  # --only keeps the other outputs listed, and their lineage
     assert all(f"({n}.md)" in index for n in CATALOG_TABLES) and all(f"({n}.png)" in index for n in CATALOG_FIGURES)
     assert set(json.loads((out / "lineage.json").read_text())["tables"]) == set(CATALOG_TABLES)
+    assert all(f"]({n}.md)" in (out / "REPRODUCTION.md").read_text() for n in CATALOG_TABLES)  # kept as well

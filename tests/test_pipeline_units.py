@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from robust_core.attacks.suites import EvalSettings, budget
+from robust_core.attacks.evaluate import SuiteModels, run_suite
+from robust_core.attacks.settings import EvalSettings
 from robust_core.data import load_arrays
-from robust_core.data.tiny import SIZES, write_tiny_dataset
+from robust_core.data.tiny import tiny_datasets, write_tiny_dataset
+from robust_core.registry import DATASETS
 from robust_core.train import fit
 from robust_core.trial import load_trained, run_trial
 
@@ -34,7 +36,7 @@ def test_budget_suite_attacks_pgd_and_cw_at_every_positive_radius(tiny_cfg, mnis
     _, res = run_trial(tiny_cfg(["train.epochs=1", "train.steps_per_epoch=20"]), data=mnist5k_100)
     x, y = res.data.test
     s = EvalSettings(dataset="mnist5k", n_examples=100, steps=(3,), eps_grid=(0.0, 0.1, 0.3))
-    recs = budget(res.inference_model, (x, y), s)
+    recs = run_suite("budget", SuiteModels.of(res.inference_model), (x, y), s)
     assert [(r.label, r.eps) for r in recs] == [("pgd-3", 0.1), ("cw-3", 0.1), ("pgd-3", 0.3), ("cw-3", 0.3)]
     assert all(r.suite == "budget" and r.subset for r in recs)
     pgd = [r.accuracy for r in recs if r.label == "pgd-3"]
@@ -51,11 +53,11 @@ def test_load_trained_applies_inference_only_overrides(tiny_cfg, mnist5k_100, tm
     assert all(torch.equal(a, b) for a, b in zip(clf.state_dict().values(), clf1.state_dict().values()))
 
 
-@pytest.mark.parametrize("name", sorted(SIZES))
+@pytest.mark.parametrize("name", tiny_datasets())
 def test_tiny_datasets_load_through_the_real_loaders_and_are_learnable(name, tmp_path):
     write_tiny_dataset(name, tmp_path)
     a = load_arrays(name, tmp_path, download=False)
-    assert (len(a.x_train), len(a.x_test)) == SIZES[name]
+    assert (len(a.x_train), len(a.x_test)) == DATASETS.get(name).tiny.sizes
     # class templates + noise: nearest class mean of the training images classifies the test images well
     xtr, ytr = a.x_train.flatten(1), a.y_train
     k = int(ytr.max()) + 1

@@ -11,26 +11,15 @@ it concerns.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 
 import torch
 
-from robust_core.attacks.base import eps_str, library_version, model_device, predict, run_batched
+from robust_core.attacks.base import model_device, predict, run_batched
 from robust_core.attacks.gradient import PGD
+from robust_core.attacks.key import AttackKey
 from robust_core.attacks.loop import cw_margin_loss
-from robust_core.attacks.records import EvalRecord, record_from_protocol
-
-ONE_STEP = ("fgsm", "fgm-l2", "fgm-l1", "l2grad")
-
-
-@dataclass(frozen=True)
-class AuditSettings:
-    """tol: slack in accuracy (fraction) on top of one example (1/n). large_eps_acc: accuracy allowed at the
-    very large ε. zero_grad_frac: fraction of examples with an exactly-zero input gradient that is flagged."""
-
-    tol: float = 0.01
-    large_eps_acc: float = 0.10
-    zero_grad_frac: float = 0.05
+from robust_core.attacks.records import EvalRecord
+from robust_core.attacks.settings import AuditSettings
 
 
 def _slack(r: EvalRecord, s: AuditSettings) -> float:
@@ -70,8 +59,8 @@ def audit(records: list[EvalRecord], settings: AuditSettings = AuditSettings()) 
         for r in white:
             groups[(r.norm, round(r.eps, 12))].append(r)
         for (_, _), g in groups.items():
-            one = [r for r in g if r.label in ONE_STEP]
-            it = [r for r in g if r.label not in ONE_STEP]
+            one = [r for r in g if r.steps == 1]  # the attack's own step count says what is one-step
+            it = [r for r in g if r.steps > 1]
             for a in one:
                 for b in it:
                     if b.accuracy > a.accuracy + _slack(b, settings):
@@ -140,19 +129,15 @@ def masking_probe(model, data, settings, name: str = "model", suite: str = "audi
     probe = PGD(eps=1.0, norm="linf", n_steps=20, step_frac=0.1, random_start=False, loss="cw")
     xa = run_batched(probe, model, x, y, settings.batch_size)
     acc = (predict(model, xa, settings.batch_size) == y).float().mean().item()
-    p = probe.protocol()
-    p["label"] = "cw-20"
-    p["options"]["probe"] = "large_eps"
-    recs.append(record_from_protocol(suite, name, p, acc, n, seed, subset))
+    recs.append(EvalRecord.of(suite, name, probe.key, probe, acc, n, seed, subset, options={"probe": "large_eps"}))
     # random sign noise at the evaluation ε (a white-box attack weaker than noise = masking)
     eps = settings.eps_for("linf")
     g = torch.Generator(device=x.device).manual_seed(seed)
     noise = (torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) < 0.5).to(x.dtype) * 2 - 1
     xn = (x + eps * noise).clamp(0, 1)
     acc = (predict(model, xn, settings.batch_size) == y).float().mean().item()
-    lib, ver = library_version()
-    recs.append(EvalRecord(suite, name, "noise", "noise", "linf", eps, eps_str(eps), 0, 0.0, 1, n,
-                           seed, lib, ver, acc, subset=subset, options={"kind": "uniform sign noise ±eps"}))
+    recs.append(EvalRecord.of(suite, name, AttackKey("noise"), None, acc, n, seed, subset, norm="linf", eps=eps,
+                              options={"kind": "uniform sign noise ±eps"}))
     # exactly-zero input gradients of the CW margin (uncapped)
     dev = model_device(model)
     zero = 0
@@ -161,7 +146,6 @@ def masking_probe(model, data, settings, name: str = "model", suite: str = "audi
         loss = cw_margin_loss(y[i:i + settings.batch_size].to(dev), kappa=float("inf"))(model(xb)).sum()
         gr = torch.autograd.grad(loss, xb, allow_unused=True)[0]
         zero += len(xb) if gr is None else (gr.flatten(1).abs().amax(1) == 0).sum().item()
-    recs.append(EvalRecord(suite, name, "zero-grad", "zero-grad", "none", 0.0, "0", 0, 0.0, 1, n, seed, lib, ver,
-                           zero / max(1, n), subset=subset, options={"probe": "zero_grad",
-                                                                      "meaning": "fraction, not an accuracy"}))
+    recs.append(EvalRecord.of(suite, name, AttackKey("zero-grad"), None, zero / max(1, n), n, seed, subset,
+                              options={"probe": "zero_grad", "meaning": "fraction, not an accuracy"}))
     return recs

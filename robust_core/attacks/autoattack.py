@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from robust_core.attacks.base import Attack
+from robust_core.attacks.base import Adversarial, Attack
+from robust_core.attacks.key import AttackKey
 from robust_core.registry import ATTACKS
 
 _NORM = {"linf": "Linf", "l2": "L2", "l1": "L1"}
@@ -81,6 +82,11 @@ class AutoAttack(Attack):
                 raise ValueError(f"AutoAttack: unknown sub-attacks {bad}; use some of {_KNOWN}")
 
     @property
+    def key(self) -> AttackKey:
+        """``aa`` whatever the version: a table column names AutoAttack; a non-standard run says so in its label."""
+        return AttackKey("aa")
+
+    @property
     def label(self) -> str:
         lab = "aa" if self.version == "standard" else f"aa-{self.version}"
         if self.attacks:
@@ -102,12 +108,26 @@ class AutoAttack(Attack):
         """APGD-CE restarts as the authors' version sets them (1 standard L∞/L2, 5 for L1 and 'custom')."""
         return int(self._adversary(torch.nn.Identity(), "cpu").apgd.n_restarts)
 
+    @property
+    def passes(self) -> int:
+        """Rough gradient-pass equivalents per example: standard = APGD-CE 100 + APGD-T 9×100 + FAB-T 9×100 +
+        Square 5,000 forward-only queries (≈ 1,000 passes); other versions scale with their iterations."""
+        if self.version == "custom":
+            return len(self.attacks or ()) * self.steps
+        return 3000 * self.steps // 100
+
     def protocol(self) -> dict[str, Any]:
         import pyautoattack
 
         p = super().protocol()
         p.update(library="pyautoattack", library_version=pyautoattack.__version__)
         return p
+
+    def identity(self) -> dict[str, Any]:
+        """The authors' code is outside this package: its version is part of what the numbers are."""
+        import pyautoattack
+
+        return {**super().identity(), "pyautoattack": pyautoattack.__version__}
 
     def _adversary(self, model, device):
         from pyautoattack import AutoAttack as AA
@@ -123,8 +143,10 @@ class AutoAttack(Attack):
             adv.fab.n_iter = self.n_iter
         return adv
 
-    def run(self, model, x: Tensor, y: Tensor, batch_size: int = 500) -> tuple[Tensor, list[str]]:
-        """(x_adv, AutoAttack's own warnings) for the whole set; the model's mode is not touched."""
+    def run(self, model, x: Tensor, y: Tensor, batch_size: int = 500, generator: torch.Generator | None = None
+            ) -> Adversarial:
+        """x_adv for the whole set and AutoAttack's own warnings as flags; the model's mode is not touched.
+        ``generator`` is not used: AutoAttack seeds itself with ``seed``."""
         adv = self._adversary(_AsDtype(model, x.dtype), x.device)
         _reset_dynamic_check()
         cap = _Capture()
@@ -138,10 +160,10 @@ class AutoAttack(Attack):
         finally:
             logger.removeHandler(cap)
         msgs = list(dict.fromkeys([str(w.message) for w in caught] + cap.messages))
-        return x_adv.detach().to(x.dtype), [f"autoattack: {m.strip()}" for m in msgs]
+        return Adversarial(x_adv.detach().to(x.dtype), [f"autoattack: {m.strip()}" for m in msgs])
 
     def __call__(self, model, x, y, generator=None):
-        return self.run(model, x, y)[0]
+        return self.run(model, x, y).x
 
     @classmethod
     def smoke(cls, eps, norm="linf"):

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
 
+from robust_core.attacks.key import AttackKey
 from robust_core.attacks.threat import NORMS
 
 
@@ -27,9 +28,29 @@ def eps_str(eps: float) -> str:
 
 
 def library_version() -> tuple[str, str]:
-    import robust_core
+    """("robust_core", the installed robust-sweep version); "unknown" when the package is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return "robust_core", getattr(robust_core, "__version__", "0")
+    try:
+        return "robust_core", version("robust-sweep")
+    except PackageNotFoundError:
+        return "robust_core", "unknown (robust-sweep not installed)"
+
+
+class Adversarial(NamedTuple):
+    """What an attack makes for a whole set. x: one adversarial input per input. flags: the attack's own warnings
+    (masking-audit footnotes, e.g. AutoAttack's). keep: bool mask (n,) of the examples that form the evaluated set
+    (None: all; e.g. a fixed set keeps only examples that fool the model it is made on). info: facts about the set,
+    recorded in the record's options (e.g. its composition)."""
+
+    x: Tensor
+    flags: tuple[str, ...] | list[str] = ()
+    keep: Tensor | None = None
+    info: dict[str, Any] | None = None
+
+
+def _plain(v: Any) -> Any:
+    return v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
 
 
 @dataclass(frozen=True)
@@ -56,14 +77,31 @@ class Attack:
     def __call__(self, model, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
 
+    def run(self, model, x: Tensor, y: Tensor, batch_size: int = 500, generator: torch.Generator | None = None
+            ) -> Adversarial:
+        """The adversarial examples of a whole set, batch by batch on the model's device (what the suites call;
+        an attack that warns about its own run, or evaluates only part of the set, overrides it). The model's mode
+        is not touched."""
+        return Adversarial(run_batched(self, model, x, y, batch_size, generator))
+
+    @property
+    def key(self) -> AttackKey:
+        """Identity in tables (``robust_core.attacks.key``): the registry name, with the step count when iterative."""
+        return AttackKey(self.registry_name, self.steps if self.steps > 1 else None)
+
     @property
     def label(self) -> str:
-        """Short name for tables, e.g. ``pgd-20``."""
-        return self.registry_name
+        """Short name for tables, e.g. ``pgd-20``: the key, plus whatever else distinguishes this run of it."""
+        return str(self.key)
 
     @property
     def steps(self) -> int:
         return 1
+
+    @property
+    def passes(self) -> int:
+        """Forward+backward passes per example (for cost estimates): steps × restarts."""
+        return self.steps * self.restarts
 
     @property
     def step_size(self) -> float:
@@ -79,10 +117,15 @@ class Attack:
         p = {"attack": self.registry_name, "label": self.label, "norm": self.norm, "eps": float(self.eps),
              "eps_str": eps_str(self.eps), "steps": self.steps, "step_size": float(self.step_size),
              "restarts": self.restarts, "library": lib, "library_version": ver}
-        extra = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("eps", "norm")}
-        p["options"] = {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
-                        for k, v in extra.items()}
+        p["options"] = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in ("eps", "norm")}
         return p
+
+    def identity(self) -> dict[str, Any]:
+        """What makes this attack's numbers what they are, for reuse keys: its class and every field (the code
+        itself is hashed separately, see ``robust_core.attacks.evaluate.code_version``)."""
+        cls = type(self)
+        return {"class": f"{cls.__module__}.{cls.__qualname__}",
+                "fields": {f.name: _plain(getattr(self, f.name)) for f in fields(self)}}
 
     @classmethod
     def smoke(cls, eps: float, norm: str = "linf") -> "Attack":

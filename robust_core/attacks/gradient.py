@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from robust_core.attacks.base import Attack
+from robust_core.attacks.key import AttackKey
 from robust_core.attacks.loop import LossFn, ce_loss, cw_margin_loss, perturb
 from robust_core.attacks.threat import ThreatModel
 from robust_core.registry import ATTACKS
@@ -40,8 +41,8 @@ class FGSM(Attack):
     loss: Any = "ce"
 
     @property
-    def label(self) -> str:
-        return "fgsm" if self.norm == "linf" else f"fgm-{self.norm}"
+    def key(self) -> AttackKey:
+        return AttackKey("fgsm" if self.norm == "linf" else f"fgm-{self.norm}")
 
     def __call__(self, model, x, y, generator=None):
         return perturb(model, x, _loss_factory(self.loss)(y), ThreatModel(self.norm, self.eps), steps=1,
@@ -105,12 +106,12 @@ class PGD(Attack):
         _loss_factory(self.loss)
 
     @property
+    def key(self) -> AttackKey:
+        return AttackKey("cw" if self.loss == "cw" else self.registry_name, self.n_steps)
+
+    @property
     def label(self) -> str:
-        name = "cw" if self.loss == "cw" else self.registry_name
-        lab = f"{name}-{self.n_steps}"
-        if self.eot_samples > 1:
-            lab += f"-eot{self.eot_samples}"
-        return lab
+        return str(self.key) + (f"-eot{self.eot_samples}" if self.eot_samples > 1 else "")
 
     @property
     def steps(self) -> int:
@@ -123,6 +124,10 @@ class PGD(Attack):
     @property
     def restarts(self) -> int:
         return self.n_restarts
+
+    @property
+    def passes(self) -> int:
+        return self.n_steps * self.n_restarts * self.eot_samples
 
     def __call__(self, model, x, y, generator=None):
         return perturb(model, x, _loss_factory(self.loss)(y), ThreatModel(self.norm, self.eps), steps=self.n_steps,
@@ -151,10 +156,6 @@ class CW(PGD):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "loss", "cw")
-
-    @property
-    def label(self) -> str:
-        return f"cw-{self.n_steps}" + (f"-eot{self.eot_samples}" if self.eot_samples > 1 else "")
 
     def __call__(self, model, x, y, generator=None):
         return perturb(model, x, cw_margin_loss(y, self.kappa), ThreatModel(self.norm, self.eps),

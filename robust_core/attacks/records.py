@@ -6,23 +6,31 @@ import platform
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    from robust_core.attacks.base import Attack
+    from robust_core.attacks.key import AttackKey
 
 
 @dataclass
 class EvalRecord:
     """One accuracy number and the protocol that produced it.
 
-    suite: which suite made it. model: the evaluated model's name. attack: registry name ("clean" for none),
-    label: table name (e.g. ``pgd-20``). norm / eps (float, pixel units) / eps_str (e.g. "8/255"). steps,
-    step_size (pixel units), restarts. n_examples: how many test examples; subset: True when not the full test set
-    (model selection only, never a final table). seed: the attack's random seed. library / library_version.
-    accuracy: fraction in [0, 1] of examples still classified correctly. source: the model the adversarial examples
-    were generated on when it is not the evaluated one (transfer / fixed set), else None. flags: masking-audit
-    footnotes that concern this number. options: any other attack option (loss, eot_samples, version...).
+    suite: which suite made it. key: its identity (``robust_core.attacks.key.AttackKey`` text, e.g.
+    ``pgd-20[both]@standard``): what a table column names. model: the evaluated model's name. attack: registry
+    name ("clean" for none), label: table name with run details (e.g. ``pgd-20[both]-eot10``). norm / eps (float,
+    pixel units) / eps_str (e.g. "8/255"). steps, step_size (pixel units), restarts. n_examples: how many test
+    examples; subset: True when not the full test set (model selection only, never a final table). seed: the
+    attack's random seed. library / library_version: the code that computed it (this package's installed version,
+    or pyautoattack's). accuracy: fraction in [0, 1] of examples still classified correctly. source: the model the
+    adversarial examples were generated on when it is not the evaluated one (transfer / fixed set), else None.
+    flags: masking-audit footnotes that concern this number. options: any other attack option (loss,
+    eot_samples, version...).
     """
 
     suite: str
+    key: str
     model: str
     attack: str
     label: str
@@ -46,30 +54,32 @@ class EvalRecord:
         return asdict(self)
 
     @property
-    def key(self) -> str:
-        """Metric name: ``<suite>.<label>.<norm>.eps_<eps>[.from_<source>]`` (MLflow-safe characters only)."""
+    def metric_name(self) -> str:
+        """MLflow metric name: ``<suite>.<label>.<norm>.eps_<eps>[.from_<source>]`` (MLflow-safe characters only)."""
         k = f"{self.suite}.{self.label}.{self.norm}.eps_{self.eps_str.replace('/', '_')}"
         if self.source:
             k += f".from_{self.source}"
         return re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", k)
 
+    @classmethod
+    def of(cls, suite: str, model: str, key: "AttackKey", attack: "Attack | None", accuracy: float, n: int,
+           seed: int, subset: bool, *, label: str | None = None, flags: list[str] | None = None,
+           options: dict[str, Any] | None = None, norm: str = "none", eps: float = 0.0) -> "EvalRecord":
+        """The record of ``key`` computed with ``attack`` (its protocol fills the fields; None = no gradient
+        attack: clean accuracy, or a probe whose ``norm``/``eps`` are given). ``label`` defaults to the attack's."""
+        from robust_core.attacks.base import eps_str, library_version
 
-def clean_record(suite: str, model: str, accuracy: float, n: int, seed: int, subset: bool) -> EvalRecord:
-    from robust_core.attacks.base import library_version
-
-    lib, ver = library_version()
-    return EvalRecord(suite, model, "clean", "clean", "none", 0.0, "0", 0, 0.0, 1, n, seed, lib, ver, accuracy,
-                      subset=subset)
-
-
-def record_from_protocol(suite: str, model: str, protocol: dict[str, Any], accuracy: float, n: int, seed: int,
-                         subset: bool, source: str | None = None, flags: list[str] | None = None) -> EvalRecord:
-    return EvalRecord(suite=suite, model=model, attack=protocol["attack"], label=protocol["label"],
-                      norm=protocol["norm"], eps=protocol["eps"], eps_str=protocol["eps_str"],
-                      steps=protocol["steps"], step_size=protocol["step_size"], restarts=protocol["restarts"],
-                      n_examples=n, seed=seed, library=protocol["library"],
-                      library_version=protocol["library_version"], accuracy=accuracy, subset=subset, source=source,
-                      flags=list(flags or []), options=dict(protocol.get("options", {})))
+        if attack is None:
+            lib, ver = library_version()
+            p = {"attack": key.name, "label": str(key), "norm": norm, "eps": float(eps), "eps_str": eps_str(eps),
+                 "steps": 0, "step_size": 0.0, "restarts": 1, "library": lib, "library_version": ver, "options": {}}
+        else:
+            p = attack.protocol()
+        return cls(suite=suite, key=str(key), model=model, attack=p["attack"], label=label or p["label"],
+                   norm=p["norm"], eps=p["eps"], eps_str=p["eps_str"], steps=p["steps"], step_size=p["step_size"],
+                   restarts=p["restarts"], n_examples=n, seed=seed, library=p["library"],
+                   library_version=p["library_version"], accuracy=accuracy, subset=subset, source=key.source,
+                   flags=list(flags or []), options={**p["options"], **(options or {})})
 
 
 def environment() -> dict[str, str]:
@@ -119,7 +129,7 @@ def log_mlflow(records: list[EvalRecord], audit: list[str], meta: dict[str, Any]
     run = client.create_run(exp_id, tags=tags, run_name=f"eval-{meta.get('suite', '')}")
     rid = run.info.run_id
     for r in records:
-        client.log_metric(rid, r.key, float(r.accuracy))
+        client.log_metric(rid, r.metric_name, float(r.accuracy))
     params = {k: str(v)[:500] for k, v in meta.items()}
     params.update({f"env.{k}": v for k, v in environment().items()})
     params["n_records"] = str(len(records))

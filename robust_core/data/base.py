@@ -1,10 +1,13 @@
-"""Dataset sources: what every registered dataset provides."""
+"""Dataset sources: what every registered dataset provides — how to load it and the facts other layers need
+(display name, sizes, default evaluation radii, how to write a tiny stand-in), so that adding a dataset is one file
+under ``robust_core/data/sources/`` and no other module keeps a table keyed by dataset name."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 
@@ -32,9 +35,47 @@ class DataMissingError(FileNotFoundError):
 
 
 @dataclass(frozen=True)
+class EvalDefaults:
+    """A dataset's default evaluation radii and curve grids, pixel units of inputs in [0, 1] (8/255 stays 8/255).
+
+    linf_eps / l2_eps: the threat model's radius for L∞ / L2 attacks. linf_grid / l2_grid: the radii of the
+    accuracy-vs-ε curves (0 = clean). An evaluation's settings override any of them."""
+
+    linf_eps: float
+    l2_eps: float
+    linf_grid: tuple[float, ...]
+    l2_grid: tuple[float, ...]
+
+
+# (x_train, y_train, x_test, y_test) as uint8 NCHW images and 0-based int labels -> files under root
+TinyWriter = Callable[[Path, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class TinyFormat:
+    """How ``robust_core.data.tiny`` writes a tiny learnable stand-in of this dataset in its own on-disk format.
+
+    sizes: (train, test) examples. guard: a path under the data root whose presence means the real files may be
+    there (the tiny writer never writes over it). write: writes the arrays as the files the loader reads."""
+
+    sizes: tuple[int, int]
+    guard: str
+    write: TinyWriter
+
+
+@dataclass(frozen=True)
 class Source:
-    """A registered dataset: static ``info`` (known without loading) and a ``load(root, download)`` function."""
+    """A registered dataset: static ``info`` (known without loading), a ``load(root, download)`` function and its
+    facts. display: name in table headers (e.g. "CIFAR-10"). train_size / test_size: examples in the loaded
+    training / test arrays (for cost estimates before anything is loaded). eval: default evaluation radii and grids
+    (required: a new dataset states its threat model instead of inheriting another's). tiny: how to write a tiny
+    stand-in (None: the dataset has none, e.g. when it ships with a package)."""
 
     info: DatasetInfo
     load: Callable[[Path, bool], Arrays]
+    display: str
+    train_size: int
+    test_size: int
+    eval: EvalDefaults
     description: str = ""
+    tiny: TinyFormat | None = None

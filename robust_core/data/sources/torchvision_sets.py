@@ -13,6 +13,9 @@ Files (relative to ``root``; the same places torchvision uses, so a torchvision 
 - ``cifar100``: ``cifar-100-python/train``, ``test`` (pickled dicts: ``data``, ``fine_labels``).
 - ``svhn``:     ``train_32x32.mat``, ``test_32x32.mat`` (MATLAB: ``X`` uint8 (32, 32, 3, N), ``y`` (N, 1) in 1..10).
 
+Each format's writer sits beside its reader (``_write_mnist`` ...): the dataset's ``TinyFormat`` uses it to write the
+tiny stand-ins of ``robust_core.data.tiny``, and tests use it to write exact small files.
+
 CIFAR and SVHN are read here, not through torchvision's dataset classes: those verify the MD5 of every file on each
 read (slow for real files, and it rules out small test files). torchvision is used only to *download* missing files
 when ``download`` is true. When files are missing and cannot be fetched, ``DataMissingError`` names every expected
@@ -31,7 +34,7 @@ from urllib.error import URLError
 import numpy as np
 import torch
 
-from robust_core.data.base import Arrays, DataMissingError, DatasetInfo, Source
+from robust_core.data.base import Arrays, DataMissingError, DatasetInfo, EvalDefaults, Source, TinyFormat
 from robust_core.registry import DATASETS
 
 
@@ -145,6 +148,19 @@ def _idx_count(path: Path, magic: int, item_shape: tuple[int, ...]) -> int:
     return dims[0]
 
 
+def write_idx(path: Path, magic: int, a: np.ndarray) -> None:
+    """An idx file: big-endian magic number and dimensions, then the uint8 data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack(f">{1 + a.ndim}I", magic, *a.shape) + a.astype(np.uint8).tobytes())
+
+
+def _write_mnist(root: Path, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray) -> None:
+    raw = root / _MNIST.folder
+    for (img, lab), x, y in ((_MNIST.train, x_tr, y_tr), (_MNIST.test, x_te, y_te)):
+        write_idx(raw / img, _IDX_IMAGES, x[:, 0])
+        write_idx(raw / lab, _IDX_LABELS, y)
+
+
 def _fetch_mnist(root: Path) -> None:
     from torchvision.datasets import MNIST
 
@@ -208,6 +224,27 @@ def _read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.
     return data.reshape(-1, 3, 32, 32), _labels(np.asarray(entry[label_key]), path, num_classes, len(data))
 
 
+def write_pickle(path: Path, d: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(d, f)
+
+
+def _write_cifar10(root: Path, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray) -> None:
+    folder = root / _CIFAR10.folder
+    for name, chunk in zip(_CIFAR10.train, np.array_split(np.arange(len(y_tr)), len(_CIFAR10.train))):
+        write_pickle(folder / name, {b"batch_label": b"training batch", b"labels": y_tr[chunk].tolist(),
+                                     b"data": x_tr[chunk].reshape(len(chunk), -1)})
+    write_pickle(folder / _CIFAR10.test[0], {b"labels": y_te.tolist(), b"data": x_te.reshape(len(y_te), -1)})
+
+
+def _write_cifar100(root: Path, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray) -> None:
+    folder = root / _CIFAR100.folder
+    for (name,), x, y in ((_CIFAR100.train, x_tr, y_tr), (_CIFAR100.test, x_te, y_te)):
+        write_pickle(folder / name, {"fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist(),
+                                     "data": x.reshape(len(x), -1)})
+
+
 def _cifar_loader(name: str, layout: _Layout, label_key: str, num_classes: int, tv_class: str):
     def fetch(root: Path) -> None:
         import torchvision.datasets
@@ -266,6 +303,15 @@ def _read_svhn(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return _to_unit(x.transpose(3, 2, 0, 1)), _labels(y, path, 10, n)
 
 
+def _write_svhn(root: Path, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray) -> None:
+    import scipy.io
+
+    root.mkdir(parents=True, exist_ok=True)
+    for (name,), x, y in ((_SVHN.train, x_tr, y_tr), (_SVHN.test, x_te, y_te)):
+        y_file = np.where(y == 0, 10, y).astype(np.uint8).reshape(-1, 1)  # the file stores digit 0 as 10
+        scipy.io.savemat(root / name, {"X": x.transpose(2, 3, 1, 0), "y": y_file})
+
+
 def _fetch_svhn(root: Path) -> None:
     from torchvision.datasets import SVHN
 
@@ -281,25 +327,44 @@ def load_svhn(root: Path, download: bool) -> Arrays:
 
 
 # ---------------------------------------------------------------------------------------------------- register
+# Default threat models. MNIST: L∞ ε = 0.3 (Madry et al. 2018; ATER; Shaham et al.), L2 ε = 2.0. Natural 32×32
+# colour images (SVHN, CIFAR-10/100): L∞ ε = 8/255 (ATLD's tables; Madry et al.), L2 ε = 0.5. Curve grids: ε from 0
+# to the radius and a little beyond, for the accuracy-vs-ε figures.
+MNIST_EVAL = EvalDefaults(linf_eps=0.3, l2_eps=2.0, linf_grid=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3),
+                          l2_grid=(0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0))
+NATURAL_EVAL = EvalDefaults(linf_eps=8 / 255, l2_eps=0.5,
+                            linf_grid=(0.0, 2 / 255, 4 / 255, 6 / 255, 8 / 255, 10 / 255, 12 / 255, 16 / 255),
+                            l2_grid=(0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0))
+# tiny stand-ins (robust_core/data/tiny.py); CIFAR-100 keeps 4 training images per class so balanced splits exist
+_TINY = (200, 50)
+
 # Per-channel mean / std of the training set's pixels in [0, 1] (the std over all pixels, not the mean of per-image
 # stds that some code uses for CIFAR-10: 0.2023, 0.1994, 0.2010).
 DATASETS.register("mnist")(Source(
     info=DatasetInfo("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,)),
     load=load_mnist,
+    display="MNIST", train_size=60000, test_size=10000, eval=MNIST_EVAL,
     description="MNIST, 60,000 train / 10,000 test (torchvision layout under data.root)",
+    tiny=TinyFormat(_TINY, "MNIST", _write_mnist),
 ))
 DATASETS.register("svhn")(Source(
     info=DatasetInfo("svhn", 10, (3, 32, 32), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     load=load_svhn,
+    display="SVHN", train_size=73257, test_size=26032, eval=NATURAL_EVAL,
     description="SVHN cropped digits, 73,257 train / 26,032 test (extra not used); label 10 -> 0",
+    tiny=TinyFormat(_TINY, _SVHN.train[0], _write_svhn),
 ))
 DATASETS.register("cifar10")(Source(
     info=DatasetInfo("cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     load=load_cifar10,
+    display="CIFAR-10", train_size=50000, test_size=10000, eval=NATURAL_EVAL,
     description="CIFAR-10, 50,000 train / 10,000 test",
+    tiny=TinyFormat(_TINY, _CIFAR10.folder, _write_cifar10),
 ))
 DATASETS.register("cifar100")(Source(
     info=DatasetInfo("cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     load=load_cifar100,
+    display="CIFAR-100", train_size=50000, test_size=10000, eval=NATURAL_EVAL,
     description="CIFAR-100 (fine labels), 50,000 train / 10,000 test",
+    tiny=TinyFormat((400, 100), _CIFAR100.folder, _write_cifar100),
 ))
