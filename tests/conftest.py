@@ -56,3 +56,13 @@ def tiny_model(name: str, info, dtype=torch.float32, seed: int = 0) -> torch.nn.
     cls = MODELS.get(name)
     torch.manual_seed(seed)
     return cls(info, **small.get(name, getattr(cls, "tiny_params", {}))).to(dtype)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of many small ops (they run many times slower when two threads fight other
+    processes for the shared cores); restored afterwards. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -19,6 +19,7 @@ from robust_core.attacks.autoattack import AutoAttack
 from robust_core.attacks.base import Attack
 from robust_core.attacks.gradient import CW, FGSM, PGD, L2Grad
 from robust_core.attacks.key import CLEAN, AttackKey
+from robust_core.attacks.rays import RayS
 from robust_core.attacks.settings import EvalSettings
 from robust_core.registry import Registry
 
@@ -106,6 +107,13 @@ def autoattack(s: EvalSettings, sources: tuple[str, ...]) -> list[Step]:
     aa = AutoAttack(eps=s.eps_for(o.norm), norm=o.norm, version=o.version, attacks=o.attacks, seed=s.seed,
                     n_iter=o.n_iter)
     return [Step(CLEAN), Step.of(aa)]
+
+
+@suite("rays")
+def rays(s: EvalSettings, sources: tuple[str, ...]) -> list[Step]:
+    """RayS (ATLD table IV): the hard-label ray search on the deployed model at the L∞ ε with ``rays_queries``
+    queries per example; clean beside it."""
+    return [Step(CLEAN), Step.of(RayS(eps=s.eps_for("linf"), queries=s.rays_queries))]
 
 
 @suite("fixed_set", needs=("baseline",))
