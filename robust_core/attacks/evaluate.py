@@ -143,6 +143,54 @@ def _objective_loss(obj: Objective):
     return factory
 
 
+THEN = "-then-"  # an objective ``a-then-b``: the step's attack is a ``Then``; its first phase ascends a, its second b
+
+
+def _term(models: SuiteModels, name: str, atk) -> Objective | None:
+    """One named term of an adaptive objective (None: the evaluated model lacks it):
+
+    - ``cla``: the attack's own classification loss (CE for FGSM/PGD, the CW margin for CW) of the bare classifier
+      — ATLD table V's 'Cla', attacked as the paper attacks (the classifier; IMT applies only when scoring);
+    - ``d``: the discriminator's loss for an adversarial input, −log D⁰(f(x)) = softplus(−a) from the method's
+      ``discriminator_logit`` (its BINARY head, table V's 'D'): ascending it makes the input look natural to D, i.e.
+      the attack is hidden from the discriminator that IMT relies on;
+    - anything else: the method's ``adaptive_objectives`` (end to end through the deployed model, e.g. ATLD's
+      ``classifier``, ``discriminator``, ``both``) or objectives passed in."""
+    if name == "cla":
+        clf = models.classifier
+        if clf is None:
+            return None
+        loss_of = atk.loss_fn
+        return lambda z, y: loss_of(y)(clf(z))
+    if name == "d":
+        logit = getattr(models.method, "discriminator_logit", None)
+        if logit is None or models.classifier is None:
+            return None
+        clf = models.classifier
+        return lambda z, y: F.softplus(-logit(clf, z))
+    return models.objectives.get(name)
+
+
+def _bind(atk, objective: str, models: SuiteModels, eot: int):
+    """``atk`` ascending ``objective`` (terms joined by ``+`` are summed; ``a-then-b`` binds a ``Then``'s two
+    phases), or None when a term is missing. The attack then runs on the identity: the objective sees the input."""
+    from robust_core.attacks.gradient import Then
+
+    if isinstance(atk, Then):
+        first, _, second = objective.partition(THEN)
+        a, b = _bind(atk.first, first, models, eot), _bind(atk.second, second, models, eot)
+        return None if a is None or b is None else replace(atk, first=a, second=b)
+    terms = [_term(models, t, atk) for t in objective.split("+")]
+    if any(t is None for t in terms):
+        return None
+
+    def obj(z: Tensor, y: Tensor) -> Tensor:
+        return sum(t(z, y) for t in terms)  # type: ignore[misc]
+
+    has = {f.name for f in fields(atk)}
+    return replace(atk, loss=_objective_loss(obj), **({"eot_samples": eot} if "eot_samples" in has else {}))
+
+
 def _is_stochastic(model, x: Tensor) -> bool:
     with torch.no_grad():
         return not torch.equal(model(x), model(x))
@@ -164,12 +212,10 @@ def _run_step(suite: str, step: Step, models: SuiteModels, x: Tensor, y: Tensor,
         return record(Adversarial(x))
     gen = torch.Generator(device=x.device).manual_seed(settings.seed)
     if key.objective is not None:
-        obj = models.objectives.get(key.objective)
-        if obj is None:
-            return None
         eot = getattr(atk, "eot_samples", 1) if len(x) and _is_stochastic(models.deployed, x[:8]) else 1
-        has = {f.name for f in fields(atk)}
-        atk = replace(atk, loss=_objective_loss(obj), **({"eot_samples": eot} if "eot_samples" in has else {}))
+        atk = _bind(atk, key.objective, models, eot)
+        if atk is None:
+            return None
         label = str(key.with_(source=None)) + (f"-eot{eot}" if eot > 1 else "")
         return record(atk.run(_Identity(), x, y, bs, generator=gen), label=label, options={"loss": key.objective})
     return record(atk.run(_origin(models, key.source), x, y, bs, generator=gen))
