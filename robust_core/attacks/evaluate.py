@@ -27,7 +27,7 @@ from robust_core.attacks.audit import audit, masking_probe
 from robust_core.attacks.base import Adversarial, predict
 from robust_core.attacks.records import EvalRecord
 from robust_core.attacks.settings import EvalSettings
-from robust_core.attacks.suites import BASELINE, SUITES, Step, Suite
+from robust_core.attacks.suites import BASELINE, CLASSIFIER, SUITES, Step, Suite
 from robust_core.config import ConfigError
 from robust_core.modes import eval_mode
 
@@ -83,8 +83,9 @@ def missing_inputs(suites: Iterable[str], *, sources: Iterable[str] = (), baseli
         for need in sorted(SUITES.get(name).needs):
             if not given[need]:
                 problems.append(f"suite {name} needs {NEEDS[need]}" + (f": give {how[need]}" if need in how else ""))
-    if BASELINE in set(sources):
-        problems.append(f"a transfer source may not be called {BASELINE!r} (the fixed set's baseline is)")
+    for reserved, what in ((BASELINE, "the fixed set's baseline"), (CLASSIFIER, "the evaluated model's classifier")):
+        if reserved in set(sources):
+            problems.append(f"a transfer source may not be called {reserved!r} ({what} is)")
     return problems
 
 
@@ -226,6 +227,8 @@ def _origin(models: SuiteModels, source: str | None) -> nn.Module:
     transfer source."""
     if source is None:
         return models.deployed
+    if source == CLASSIFIER:
+        return models.classifier if models.classifier is not None else models.deployed
     return models.baseline if source == BASELINE else models.sources[source]  # type: ignore[return-value]
 
 
@@ -233,8 +236,19 @@ def run_suite(suite: str, models: SuiteModels, data, settings: EvalSettings) -> 
     """Every step of ``suite`` on the selected examples (models in eval mode); no probe, no audit."""
     x, y, sub = select(data, settings)
     steps = SUITES.get(suite).steps(settings, tuple(models.sources))
+    recs: list[EvalRecord | None] = []
+    by_key: dict[str, EvalRecord] = {}
     with eval_mode(*models.all()):
-        recs = [_run_step(suite, s, models, x, y, sub, settings) for s in steps]
+        for s in steps:
+            plain = by_key.get(str(s.key.with_(source=None)))
+            if s.key.source == CLASSIFIER and _origin(models, CLASSIFIER) is models.deployed and plain is not None:
+                r: EvalRecord | None = replace(plain, key=str(s.key), source=CLASSIFIER, flags=list(plain.flags),
+                                               options=dict(plain.options))  # the same computation
+            else:
+                r = _run_step(suite, s, models, x, y, sub, settings)
+            if r is not None:
+                by_key[r.key] = r
+            recs.append(r)
     return [r for r in recs if r is not None]
 
 

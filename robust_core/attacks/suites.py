@@ -24,6 +24,10 @@ from robust_core.attacks.settings import EvalSettings
 from robust_core.registry import Registry
 
 BASELINE = "baseline"  # the source name of the fixed set's baseline model (so a transfer source may not use it)
+# the source name of the evaluated model's bare classifier: examples made on it, scored on the deployed model (the
+# ATLD paper's protocol: attack the classifier, then apply IMT); where the deployed model is the classifier itself
+# the number is the plain key's, not computed twice
+CLASSIFIER = "classifier"
 Need = Literal["sources", "baseline", "method"]
 
 
@@ -77,9 +81,12 @@ def _iterative(s: EvalSettings, eps: float, steps: tuple[int, ...]) -> list[Atta
 
 @suite("whitebox")
 def whitebox(s: EvalSettings, sources: tuple[str, ...]) -> list[Step]:
-    """White-box table (ATLD tables I–II): clean, FGSM, PGD-k and CW-k for k in ``steps`` at the L∞ ε."""
+    """White-box table (ATLD tables I–II): clean, FGSM, PGD-k and CW-k for k in ``steps`` at the L∞ ε, each twice:
+    end to end on the deployed model (``pgd-20``) and made on the bare classifier then scored on the deployed model
+    (``pgd-20@classifier``, the paper's protocol for a model with an inference-time transformation)."""
     e = s.eps_for("linf")
-    return [Step(CLEAN)] + [Step.of(a) for a in [FGSM(eps=e), *_iterative(s, e, s.steps)]]
+    attacks = [FGSM(eps=e), *_iterative(s, e, s.steps)]
+    return [Step(CLEAN)] + [Step.of(a) for a in attacks] + [Step.of(a, source=CLASSIFIER) for a in attacks]
 
 
 @suite("curves")
@@ -102,11 +109,12 @@ def budget(s: EvalSettings, sources: tuple[str, ...]) -> list[Step]:
 
 @suite("autoattack")
 def autoattack(s: EvalSettings, sources: tuple[str, ...]) -> list[Step]:
-    """AutoAttack (the standard version unless ``autoattack`` says otherwise) at the ε of its norm; clean beside it."""
+    """AutoAttack (the standard version unless ``autoattack`` says otherwise) at the ε of its norm, end to end
+    (``aa``) and made on the bare classifier, scored on the deployed model (``aa@classifier``); clean beside it."""
     o = s.autoattack
     aa = AutoAttack(eps=s.eps_for(o.norm), norm=o.norm, version=o.version, attacks=o.attacks, seed=s.seed,
                     n_iter=o.n_iter)
-    return [Step(CLEAN), Step.of(aa)]
+    return [Step(CLEAN), Step.of(aa), Step.of(aa, source=CLASSIFIER)]
 
 
 @suite("rays")
