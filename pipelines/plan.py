@@ -381,11 +381,15 @@ class Planner:
                 elif renamed:  # "MNIST error" -> "mnist5k error"
                     header = s.header + c.label[len(paper_hdr):]
                 elif c.value == "attack":
-                    from robust_core.attacks.suites import BASELINE
+                    from robust_core.attacks.suites import BASELINE, CLASSIFIER
 
                     key = map_attack(c.attack, steps)  # type: ignore[arg-type]
-                    src = f" from {key.source}" if key.source not in (None, BASELINE) else ""
-                    header = f"{s.header} {key.header}{src}"
+                    rest = c.label[len(paper_hdr):] if c.label.startswith(paper_hdr) else ""
+                    if f" {c.attack.header}" in rest:  # "CIFAR-10 PGD-20 from Standard" -> "... PGD-2 from Standard"
+                        header = s.header + rest.replace(c.attack.header, key.header, 1)  # type: ignore[union-attr]
+                    else:
+                        src = f" from {key.source}" if key.source not in (None, BASELINE, CLASSIFIER) else ""
+                        header = f"{s.header} {key.header}{src}"
                 else:
                     header = s.header
                 cols.append(ResolvedColumn(c, s, header, show_paper=not s.stand_in))

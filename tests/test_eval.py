@@ -75,7 +75,9 @@ def test_records_carry_the_full_protocol():
     x, y = torch.rand(30, 1, 4, 4), torch.randint(0, 3, (30,))
     s = EvalSettings(dataset="cifar10", n_examples=20, steps=(2,), seed=5, model_name="lin")
     recs = run_suite("whitebox", SuiteModels.of(model), (x, y), s)
-    assert [r.label for r in recs] == ["clean", "fgsm", "pgd-2", "cw-2"] == [r.key for r in recs]
+    assert [r.label for r in recs] == ["clean", "fgsm", "pgd-2", "cw-2", "fgsm", "pgd-2", "cw-2"]
+    assert [r.key for r in recs] == ["clean", "fgsm", "pgd-2", "cw-2", "fgsm@classifier", "pgd-2@classifier",
+                                     "cw-2@classifier"]  # no wrapper: the paper's protocol is the plain number
     installed = importlib.metadata.version("robust-sweep")
     for r in recs[1:]:
         assert r.eps_str == "8/255" and r.eps == pytest.approx(8 / 255) and r.n_examples == 20 and r.subset
