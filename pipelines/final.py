@@ -12,57 +12,24 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from pipelines.plan import EvalUnit, Plan, RetrainKey, make_plan
+from pipelines.render import FIGURES_DIR, TABLES_DIR, Results, figure_path, history_needed, render, table_path
 from pipelines.spec import PipelineSpec
+from pipelines.store import EVAL_JSON, TAG, Selection, Store
 from robust_core.config import RunConfig, build_run_config, dump_yaml
 
-TAG = "robust_sweep."
-EVAL_JSON = "eval.json"
-
-
-@dataclass(frozen=True)
-class Selection:
-    sweep: str
-    trial_run_id: str
-    sweep_run_id: str
-    metric: str
-    value: float
-    config: RunConfig
+__all__ = ["Runner", "Selection", "run_pipeline", "seeded", "select_best"]  # Selection: pipelines.store's
 
 
 def select_best(spec: PipelineSpec, sweep: str, metric: str | None = None, mode: str | None = None) -> Selection:
     """Best trial of the latest run of ``sweep`` by ``metric`` (a validation metric; default ``spec.selection_metric``
-    and ``spec.selection_mode``; the plan's source says which: ``val_robust_acc`` for robust-selected rows).
-
-    Trials that ran the full budget are preferred over ones ASHA stopped early; ties go to the earlier trial.
-    """
-    from robust_core.tracking import client, find_runs
-
-    uri, exp = spec.tracking.uri, spec.tracking.experiment
-    parents = find_runs(uri, exp, f"tags.`{TAG}kind` = 'sweep' and tags.`{TAG}sweep` = '{sweep}'")
-    if not parents:
-        raise LookupError(
-            f"sweep {sweep!r} not found in MLflow experiment {exp!r} at {uri}; run its sweep first "
-            f"(robust-sweep sweep CONFIG with name: {sweep}) or fix the row's `sweep:` name")
-    parent = max(parents, key=lambda r: r.info.start_time)
-    trials = find_runs(uri, exp, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`{TAG}kind` = 'trial'")
-    m = metric or spec.selection_metric
-    scored = [r for r in trials if m in r.data.metrics and r.info.status == "FINISHED"]
-    if not scored:
-        raise LookupError(f"sweep {sweep!r} (run {parent.info.run_id}) has no finished trial with metric {m!r}")
-    sign = 1 if (mode or spec.selection_mode) == "max" else -1
-    full = [r for r in scored if r.data.tags.get(f"{TAG}stopped_early") != "true"] or scored
-    best = sorted(full, key=lambda r: (-sign * r.data.metrics[m], r.info.start_time))[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = client(uri).download_artifacts(best.info.run_id, "config.yaml", tmp)
-        import yaml
-
-        cfg = build_run_config(yaml.safe_load(Path(path).read_text()), f"config of trial run {best.info.run_id}")
-    return Selection(sweep, best.info.run_id, parent.info.run_id, m, best.data.metrics[m], cfg)
+    and ``spec.selection_mode``; the plan's source says which: ``val_robust_acc`` for robust-selected rows), by the
+    sweep's own rule (``sweeps.best``: full-budget trials before ones ASHA stopped early, ties to the earlier trial)."""
+    return Store(spec.tracking.uri, spec.tracking.experiment).select_best(
+        sweep, metric or spec.selection_metric, mode or spec.selection_mode)
 
 
 def seeded(cfg: RunConfig, seed: int, vary: list[str]) -> RunConfig:
@@ -92,14 +59,14 @@ def _eval_task(unit: EvalUnit, uri: str, models: dict[str, str], eval_run_id: st
     from robust_core.attacks.evaluate import run_suites, wire
     from robust_core.attacks.records import write_json
     from robust_core.data import prepare_data
-    from robust_core.tracking import client, log_artifact_file, log_metrics, set_status, set_tags
+    from robust_core.tracking import log_artifact_file, log_metrics, set_status, set_tags
     from robust_core.trial import load_trained
 
+    store = Store(uri, "")
     with tempfile.TemporaryDirectory() as tmp:
         def load(ref: tuple[str, str]):
             role, inference = ref
-            p = client(uri).download_artifacts(models[role], "model/model.pt", f"{tmp}/{role}")
-            return load_trained(p, inference=json.loads(inference))
+            return load_trained(store.download_model(models[role], f"{tmp}/{role}"), inference=json.loads(inference))
 
         cfg, suite_models = wire([unit.suite], load, ("target", unit.inference_json),
                                  sources={n: (f"source_{n}", inf) for n, _, inf in unit.sources},
@@ -120,9 +87,12 @@ def _eval_task(unit: EvalUnit, uri: str, models: dict[str, str], eval_run_id: st
 
 # ---------------------------------------------------------------------------------------------------- pipeline
 class Runner:
-    def __init__(self, plan: Plan, log: Callable[[str], None]) -> None:
+    def __init__(self, plan: Plan, log: Callable[[str], None], public_uri: str | None = None) -> None:
         self.plan, self.spec, self.log = plan, plan.spec, log
         self.uri, self.exp = plan.spec.tracking.uri, plan.spec.tracking.experiment
+        self.public_uri = public_uri or self.uri  # what the outputs name (not a temporary server in front of it)
+        self.exp_id = ""
+        self.store = Store(self.uri, self.exp)
         self.selections: dict[str, Selection] = {}
         self.retrains: dict[RetrainKey, dict[str, Any]] = {}  # -> {"run_id", "metrics", "reused"}
         self.evals: dict[str, dict[str, Any]] = {}  # eval key -> {"run_id", "records", "audit", "reused"}
@@ -147,8 +117,6 @@ class Runner:
 
     # -------------------------------------------------------------- 1. sweeps + selection
     def run_sources(self) -> None:
-        from robust_core.tracking import find_runs
-
         for name, src in self.plan.sources.items():
             if src.explicit:
                 continue
@@ -161,11 +129,9 @@ class Runner:
             from sweeps.spec import build_sweep_config
 
             sc = build_sweep_config(raw, source=f"sweep {name}")
-            done = find_runs(self.uri, self.exp, f"tags.`{TAG}kind` = 'sweep' and tags.`{TAG}sweep` = '{name}' and "
-                                                 f"tags.`{TAG}sweep_fingerprint` = '{sc.fingerprint()}' and "
-                                                 "attributes.status = 'FINISHED'")
+            done = self.store.finished_sweep(name, sc.fingerprint())
             if done:
-                self.log(f"[sweep] {name}: finished earlier (run {done[0].info.run_id}), reused")
+                self.log(f"[sweep] {name}: finished earlier (run {done}), reused")
                 continue
             self.log(f"[sweep] {name}: {sc.num_trials} trials")
             summary = run_sweep(sc, progress=False)
@@ -181,17 +147,6 @@ class Runner:
         cfg = self.selections[k.source].config.with_values(k.set, f"{k.source} with {k.set}")
         return seeded(cfg, k.seed, self.spec.vary)
 
-    def finished(self, kind: str, key_tag: str, metric: str | None = None) -> dict[str, Any]:
-        """The earliest FINISHED run of ``kind`` per value of tag ``key_tag`` (one query for the whole pipeline),
-        counting only runs that logged ``metric`` when given."""
-        from robust_core.tracking import find_runs
-
-        out: dict[str, Any] = {}
-        for r in find_runs(self.uri, self.exp, f"tags.`{TAG}kind` = '{kind}' and attributes.status = 'FINISHED'"):
-            if metric is None or metric in r.data.metrics:
-                out.setdefault(r.data.tags.get(f"{TAG}{key_tag}", ""), r)  # oldest first
-        return out
-
     def _remote(self, fn):
         import ray
 
@@ -200,7 +155,7 @@ class Runner:
     def run_retrains(self, exp_id: str) -> None:
         from robust_core.tracking import log_artifact_text, log_params, start_run
 
-        done = self.finished("retrain", "config_fingerprint", metric="test_acc")
+        done = self.store.finished("retrain", "config_fingerprint", metric="test_acc")
         pending = []
         for k in sorted(self.plan.retrains, key=lambda k: (k.source, k.set_json, k.seed)):
             cfg = self.retrain_config(k)
@@ -262,16 +217,14 @@ class Runner:
 
     # -------------------------------------------------------------- 3. evaluations
     def run_evals(self, exp_id: str) -> None:
-        from robust_core.tracking import client, log_params, start_run
+        from robust_core.tracking import log_params, start_run
 
-        done = self.finished("evaluation", "eval_key")
+        done = self.store.finished("evaluation", "eval_key")
         pending = []
         for key, u in sorted(self.plan.evals.items()):
             if key in done:
                 r = done[key]
-                with tempfile.TemporaryDirectory() as tmp:
-                    blob = json.loads(Path(client(self.uri).download_artifacts(r.info.run_id, EVAL_JSON, tmp))
-                                      .read_text())
+                blob = self.store.eval_records(r.info.run_id)
                 self.evals[key] = {"run_id": r.info.run_id, "records": blob["records"], "audit": blob["audit"],
                                    "reused": True}
                 continue
@@ -307,6 +260,52 @@ class Runner:
         self.evaluated = len(pending)
 
 
+    # -------------------------------------------------------------- 4. outputs
+    def results(self) -> Results:
+        """The plain values the outputs are rendered from (with the per-epoch histories the figures plot)."""
+        return Results(self.plan, self.selections, self.retrains, self.evals,
+                       self.store.histories(history_needed(self.plan, self.retrains)), self.parent,
+                       self.public_uri, self.exp, self.exp_id,
+                       {"trained": self.trained, "reused": self.reused, "evaluated": self.evaluated,
+                        "evals_reused": self.evals_reused})
+
+    def write_outputs(self) -> dict[str, Any]:
+        """Render (``pipelines.render``, pure) and write every output to the output folder and the pipeline run."""
+        from pipelines.figures import render_figure
+        from robust_core.tracking import log_artifact_file, log_artifact_text, log_metrics, set_note
+
+        out = Path(self.spec.output_dir)
+        old = out / "lineage.json"
+        present = ({t.name for t in self.spec.tables if (out / table_path(t.name)).is_file()},
+                   {f.name for f in self.spec.figures if (out / figure_path(f.name)).is_file()})
+        rendered = render(self.results(), json.loads(old.read_text()) if old.is_file() else None, present)
+        (out / TABLES_DIR).mkdir(parents=True, exist_ok=True)
+        (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
+        tables: dict[str, dict[str, str]] = {}
+        figures: dict[str, dict[str, str]] = {}
+        for name, texts in rendered.tables.items():
+            tables[name] = {}
+            for ext, text in texts.items():  # the same relative path on disk and in MLflow
+                (out / table_path(name, ext)).write_text(text)
+                tables[name][ext] = str(out / table_path(name, ext))
+                log_artifact_text(self.uri, self.parent, table_path(name, ext), text)
+        for name, fig in rendered.figures.items():
+            render_figure(fig, out / FIGURES_DIR)
+            (out / figure_path(name, "csv")).write_text(rendered.figure_data[name])
+            figures[name] = {ext: str(out / figure_path(name, ext)) for ext in ("png", "pdf", "csv")}
+            for p in figures[name].values():
+                log_artifact_file(self.uri, self.parent, p, FIGURES_DIR)
+        for fname, text in (("lineage.json", rendered.lineage), ("REPRODUCTION.md", rendered.reproduction),
+                            ("index.md", rendered.index)):
+            (out / fname).write_text(text)
+            log_artifact_text(self.uri, self.parent, fname, text)
+        log_metrics(self.uri, self.parent, rendered.cell_metrics)
+        for run_id, note in rendered.notes.items():
+            set_note(self.uri, run_id, note)
+        return {"tables": tables, "figures": figures, "index": str(out / "index.md"),
+                "reproduction": str(out / "REPRODUCTION.md")}
+
+
 def _unit_meta(u: EvalUnit) -> dict[str, Any]:
     """What an evaluation was, in its JSON artifact: suite, protocol fingerprint, settings, models' inference."""
     return {"suite": u.suite, "protocol": u.protocol, "settings": u.settings.model_dump(mode="json"),
@@ -314,12 +313,13 @@ def _unit_meta(u: EvalUnit) -> dict[str, Any]:
             "baseline_inference": None if u.baseline is None else u.baseline[1]}
 
 
-def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run: bool = False) -> dict[str, Any]:
+def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run: bool = False,
+                 public_uri: str | None = None) -> dict[str, Any]:
     """Run the pipeline (``only``: one table or figure). Returns {"tables": {name: {fmt: path}}, "figures": ...,
     "trained", "reused", "evaluated", "evals_reused", "parent_run_id", "output_dir", "estimate"}.
-    ``dry_run``: validate, print the plan and its estimated cost, start nothing."""
+    ``dry_run``: validate, print the plan and its estimated cost, start nothing. ``public_uri``: the store's URI the
+    outputs name when ``spec.tracking.uri`` is a temporary server in front of it (the demo)."""
     from pipelines.cost import estimate
-    from pipelines.render import render_outputs
 
     import os
 
@@ -333,9 +333,9 @@ def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run
     from robust_core.tracking import prepare_store, set_status, start_run
     from sweeps.runner import init_ray
 
-    r = Runner(plan, log)
+    r = Runner(plan, log, public_uri)
     r.check_data()
-    exp_id = prepare_store(r.uri, r.exp)
+    r.exp_id = exp_id = prepare_store(r.uri, r.exp)
     Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
     init_ray(spec.resources.cpu)
     r.run_sources()
@@ -344,7 +344,7 @@ def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run
     try:
         r.run_retrains(exp_id)
         r.run_evals(exp_id)
-        written = render_outputs(r)
+        written = r.write_outputs()
     except BaseException:
         set_status(r.uri, r.parent, "FAILED")
         raise

@@ -1,25 +1,63 @@
-"""Turn finished retrains and evaluations into the pipeline's outputs: tables (Markdown, CSV, LaTeX), figures (PNG,
-PDF and the plotted numbers as CSV), ``lineage.json`` and ``index.md``, all also logged to the pipeline's MLflow run.
+"""Turn finished retrains and evaluations into the pipeline's outputs: tables (Markdown, CSV, LaTeX), figures (and
+the plotted numbers as CSV), ``lineage.json``, ``REPRODUCTION.md`` and ``index.md``.
 
-Cells and points are read only from the runs the plan names (retrain metrics, evaluation records); masking-audit
-flags of the records behind a cell become its footnotes.
+Pure: everything here takes plain values (``Results``: the plan, the selections, the retrains' final metrics, the
+evaluations' records, the per-epoch histories the figures need) and returns plain values (``Rendered``: texts and
+``Figure`` objects). It reads no file and queries no store; the runner (``pipelines.final``) fetches the inputs
+through ``pipelines.store`` and writes the outputs to disk and MLflow. Cells and points are read only from the runs
+the plan names; masking-audit flags of the records behind a cell become its footnotes.
 """
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+from dataclasses import dataclass, field
 from statistics import mean, stdev
-from typing import TYPE_CHECKING, Any
+from typing import Any, Mapping
 
-from pipelines.figures import Figure, Panel, Series, figure_csv, render_figure
-from pipelines.plan import CellRef, ResolvedFigure, ResolvedTable
+from pipelines.figures import Figure, Panel, Series, figure_csv
+from pipelines.plan import CellRef, Plan, RetrainKey, ResolvedFigure, ResolvedTable
 from pipelines.reproduction import render_reproduction, table_record
+from pipelines.store import Selection
 from pipelines.tables import Cell, Row, Table, render_csv, render_latex, render_markdown
 from robust_core.attacks.key import AttackKey
+from robust_core.tracking import metric_key, run_link
 
-if TYPE_CHECKING:
-    from pipelines.final import Runner
+
+@dataclass(frozen=True)
+class Results:
+    """What the pipeline's outputs are made of, as plain values.
+
+    ``retrains``: retrain key -> {"run_id", "metrics": final metrics}; ``evals``: evaluation key -> {"run_id",
+    "records": record dicts, "audit"}; ``history``: (run id, metric) -> {epoch: value} for every pair
+    ``history_needed`` names; ``counts``: trained, reused, evaluated, evals_reused (for the index).
+    """
+    plan: Plan
+    selections: Mapping[str, Selection]
+    retrains: Mapping[RetrainKey, Mapping[str, Any]]
+    evals: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    history: Mapping[tuple[str, str], Mapping[int, float]] = field(default_factory=dict)
+    pipeline_run_id: str = ""
+    tracking_uri: str = ""
+    experiment: str = ""
+    experiment_id: str = ""
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def spec(self):
+        return self.plan.spec
+
+
+TABLES_DIR, FIGURES_DIR = "tables", "figures"  # the same layout in the output folder and the pipeline run's artifacts,
+# so the links of index.md and REPRODUCTION.md resolve in both
+
+
+def table_path(name: str, ext: str = "md") -> str:
+    return f"{TABLES_DIR}/{name}.{ext}"
+
+
+def figure_path(name: str, ext: str = "png") -> str:
+    return f"{FIGURES_DIR}/{name}.{ext}"
 
 
 NORM_TEXT = {"linf": "L∞", "l2": "L2", "l1": "L1"}
@@ -40,7 +78,7 @@ def find_record(records: list[dict[str, Any]], key: AttackKey, suite: str) -> di
     return None
 
 
-def _cell(r: "Runner", rt: ResolvedTable, row_label: str, j: int) -> Cell:
+def _cell(r: Results, rt: ResolvedTable, row_label: str, j: int) -> Cell:
     rc = rt.columns[j]
     col, ref = rc.spec, rt.cells[(row_label, j)]
     vals: list[float] = []
@@ -107,7 +145,7 @@ def fixed_set_note(sets: list[dict[str, Any]], baseline: str) -> str:
             + (", per seed: " if len(per) > 1 else ": ") + "; ".join(per))
 
 
-def build_table(r: "Runner", rt: ResolvedTable) -> Table:
+def build_table(r: Results, rt: ResolvedTable) -> Table:
     rows = []
     for row in rt.spec.rows:
         cells = tuple(_cell(r, rt, row.label, j) for j in range(len(rt.columns)))
@@ -157,17 +195,24 @@ def _bar_series(label: str, groups: list[list[float]]) -> Series:
                   tuple(b for _, b in agg))
 
 
-def _history(r: "Runner", run_id: str, key: str) -> dict[int, float]:
-    from robust_core.tracking import client
-
-    cache = r.__dict__.setdefault("_hist", {})
-    if (run_id, key) not in cache:
-        hist = client(r.uri).get_metric_history(run_id, key)
-        cache[(run_id, key)] = {int(m.step): m.value for m in hist}
-    return cache[(run_id, key)]
+HISTORY_KEYS = {"epochs": ("train_acc", "test_acc"), "epochs_to_reach": ("test_acc",)}  # per figure kind
 
 
-def build_figure(r: "Runner", rf: ResolvedFigure) -> Figure:
+def history_needed(plan: Plan, retrains: Mapping[RetrainKey, Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(run id, metric) of every per-epoch history the plan's figures plot: what the runner fetches for ``Results``."""
+    return list(dict.fromkeys((retrains[k]["run_id"], key) for rf in plan.figures
+                              for key in HISTORY_KEYS.get(rf.spec.kind, ()) for ks in rf.rows.values() for k in ks))
+
+
+def _history(r: Results, k: RetrainKey, key: str) -> Mapping[int, float]:
+    run_id = r.retrains[k]["run_id"]
+    try:
+        return r.history[(run_id, key)]
+    except KeyError:
+        raise KeyError(f"no {key} history of retrain run {run_id} in the results (fetch history_needed(...) first)")
+
+
+def build_figure(r: Results, rf: ResolvedFigure) -> Figure:
     f = rf.spec
     panels: list[Panel] = []
     flags: list[str] = []
@@ -213,7 +258,7 @@ def build_figure(r: "Runner", rf: ResolvedFigure) -> Figure:
                     for key, name, style in (("train_acc", "train", "dashed"), ("test_acc", "test", "solid")):
                         per_epoch: dict[int, list[float]] = {}
                         for k in rf.rows[(lab, s.key)]:
-                            for ep, v in _history(r, r.retrains[k]["run_id"], key).items():
+                            for ep, v in _history(r, k, key).items():
                                 per_epoch.setdefault(ep, []).append((1 - v) * 100)
                         xs = sorted(per_epoch)
                         agg = [_agg(per_epoch[x]) for x in xs]
@@ -229,7 +274,7 @@ def build_figure(r: "Runner", rf: ResolvedFigure) -> Figure:
                     eps_needed = []
                     keys = rf.rows[(row.label, s.key)]
                     for k in keys:
-                        h = _history(r, r.retrains[k]["run_id"], "test_acc")
+                        h = _history(r, k, "test_acc")
                         hit = [ep for ep in sorted(h) if h[ep] * 100 >= thr]
                         if hit:
                             eps_needed.append(float(hit[0]))
@@ -249,83 +294,126 @@ def build_figure(r: "Runner", rf: ResolvedFigure) -> Figure:
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
-def render_outputs(r: "Runner") -> dict[str, Any]:
-    from robust_core.tracking import log_artifact_file, log_artifact_text
+@dataclass(frozen=True)
+class Rendered:
+    """The pipeline's outputs as values: per table its texts by format (md, csv, tex), per figure the ``Figure`` and
+    its data CSV, and the texts of ``lineage.json``, ``REPRODUCTION.md`` and ``index.md``; ``cell_metrics``: each
+    cell's mean and std as MLflow metrics of the pipeline run (``table/row/column/mean``), so tables can be compared
+    across pipeline runs; ``notes``: the Markdown note of the pipeline run and of each retrain run (by run id)."""
+    tables: dict[str, dict[str, str]]
+    figures: dict[str, Figure]
+    figure_data: dict[str, str]
+    lineage: str
+    reproduction: str
+    index: str
+    cell_metrics: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
-    out = Path(r.spec.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+
+def render(r: Results, previous_lineage: Mapping[str, Any] | None = None,
+           present: tuple[set[str], set[str]] = (set(), set())) -> Rendered:
+    """Every output of the plan. ``previous_lineage``: the lineage of an earlier run in the same output folder (a run
+    with ``--only`` updates its own entries and keeps the others'); ``present``: names of the tables and figures
+    already in that folder (the index lists them along with the ones rendered now)."""
     tables: dict[str, dict[str, str]] = {}
-    figures: dict[str, dict[str, str]] = {}
+    figures: dict[str, Figure] = {}
+    data: dict[str, str] = {}
     lineage: dict[str, Any] = {
-        "pipeline_run_id": r.parent, "tracking_uri": r.uri, "experiment": r.exp,
+        "pipeline_run_id": r.pipeline_run_id, "tracking_uri": r.tracking_uri, "experiment": r.experiment,
         "selections": {n: {"sweep_run_id": s.sweep_run_id, "trial_run_id": s.trial_run_id, "metric": s.metric,
                            "value": None if math.isnan(s.value) else s.value}
                        for n, s in r.selections.items()},
         "tables": {}, "figures": {}, "reproduction": {}}
+    cell_metrics: dict[str, float] = {}
+    feeds: dict[str, list[str]] = {}  # retrain run id -> the table cells it feeds
     for rt in r.plan.tables:
         table = build_table(r, rt)
-        lineage["reproduction"][rt.spec.name] = table_record(table, f"{rt.spec.name}.md")
-        files = {"md": render_markdown(table), "csv": render_csv(table), "tex": render_latex(table)}
-        tables[rt.spec.name] = {}
-        for ext, text in files.items():
-            p = out / f"{rt.spec.name}.{ext}"
-            p.write_text(text)
-            tables[rt.spec.name][ext] = str(p)
-            log_artifact_text(r.uri, r.parent, f"tables/{rt.spec.name}.{ext}", text)
+        for row in table.rows:
+            for header, cell in zip(table.columns, row.cells):
+                if cell.values:
+                    cell_metrics[metric_key(rt.spec.name, row.label, header, "mean")] = cell.mean
+                    cell_metrics[metric_key(rt.spec.name, row.label, header, "std")] = cell.std
+        for (row_label, j), ref in rt.cells.items():
+            for k in ref.retrains:
+                feeds.setdefault(r.retrains[k]["run_id"], []).append(
+                    f"{rt.spec.name}: {row_label} / {rt.columns[j].header}")
+        lineage["reproduction"][rt.spec.name] = table_record(table, table_path(rt.spec.name))
+        tables[rt.spec.name] = {"md": render_markdown(table), "csv": render_csv(table), "tex": render_latex(table)}
         lineage["tables"][rt.spec.name] = {
             row.label: {rc.header: _lineage(r, rt.cells[(row.label, j)]) for j, rc in enumerate(rt.columns)}
             for row in rt.spec.rows}
     for rf in r.plan.figures:
-        fig = build_figure(r, rf)
-        paths = render_figure(fig, out)
-        csv_path = out / f"{rf.spec.name}.csv"
-        csv_path.write_text(figure_csv(fig))
-        figures[rf.spec.name] = {"png": str(paths["png"]), "pdf": str(paths["pdf"]), "csv": str(csv_path)}
-        for p in (paths["png"], paths["pdf"], csv_path):
-            log_artifact_file(r.uri, r.parent, str(p), "figures")
+        figures[rf.spec.name] = fig = build_figure(r, rf)
+        data[rf.spec.name] = figure_csv(fig)
         lineage["figures"][rf.spec.name] = {
             f"{lab} | {sk}": [r.retrains[k]["run_id"] for k in ks] for (lab, sk), ks in rf.rows.items()}
-    old = out / "lineage.json"
-    if old.is_file():  # a run with --only updates its own entries and keeps the others'
-        prev = json.loads(old.read_text())
-        for key in ("selections", "tables", "figures", "reproduction"):
-            lineage[key] = {**prev.get(key, {}), **lineage[key]}
-    text = json.dumps(lineage, indent=2)
-    old.write_text(text)
-    log_artifact_text(r.uri, r.parent, "lineage.json", text)
+    for key in ("selections", "tables", "figures", "reproduction"):
+        lineage[key] = {**(previous_lineage or {}).get(key, {}), **lineage[key]}
     title = r.spec.name + (f" ({r.spec.title_suffix})" if r.spec.title_suffix else "")
     repro = render_reproduction(title, lineage["reproduction"], [t.name for t in r.spec.tables])
-    (out / "REPRODUCTION.md").write_text(repro)
-    log_artifact_text(r.uri, r.parent, "REPRODUCTION.md", repro)
-    index = write_index(r, out)
-    log_artifact_text(r.uri, r.parent, "index.md", index)
-    return {"tables": tables, "figures": figures, "index": str(out / "index.md"),
-            "reproduction": str(out / "REPRODUCTION.md")}
+    index = render_index(r, present[0] | set(tables), present[1] | set(figures))
+    notes = {r.pipeline_run_id: pipeline_note(r, lineage["reproduction"], set(tables), set(figures))}
+    for k, job in r.retrains.items():
+        if job.get("reused") or job["run_id"] not in feeds:
+            continue  # a reused run keeps the note of the pipeline run that trained it
+        notes[job["run_id"]] = retrain_note(r, k, feeds[job["run_id"]])
+    return Rendered(tables, figures, data, json.dumps(lineage, indent=2), repro, index, cell_metrics, notes)
 
 
-def write_index(r: "Runner", out: Path) -> str:
-    """``index.md``: every table and figure of the pipeline that exists in ``out`` (so ``--only`` keeps the others)."""
+def pipeline_note(r: Results, reproduction: Mapping[str, Any], tables: set[str], figures: set[str]) -> str:
+    """The pipeline run's note in the MLflow UI: what it made, the verdicts, where to look."""
+    lines = [f"**Pipeline `{r.spec.name}`**" + (f" ({r.spec.title_suffix})" if r.spec.title_suffix else "") + ": "
+             f"{len(tables)} table(s), {len(figures)} figure(s). Did each result match the paper? Artifact "
+             "`REPRODUCTION.md`; the tables are under `tables/`, figures under `figures/`, every cell's runs in "
+             "`lineage.json`. Each cell's mean and std are metrics of this run (`table/row/column/mean`), to compare "
+             "pipeline runs.", ""]
+    for name, rec in reproduction.items():
+        if name in tables:
+            lines.append(f"- `{name}`: {rec.get('summary', '')}".rstrip(": "))
+    sweeps = {s.sweep: s for s in r.selections.values() if s.sweep_run_id}
+    if sweeps:
+        exp = r.experiment_id
+        lines += ["", "Sweeps: " + ", ".join(run_link(exp, s.sweep_run_id, name) for name, s in sorted(sweeps.items()))]
+    return "\n".join(lines)
+
+
+def retrain_note(r: Results, k: RetrainKey, cells: list[str]) -> str:
+    """A retrain run's note: the sweep and trial its configuration comes from, and the table cells it feeds."""
+    sel, exp = r.selections[k.source], r.experiment_id
+    src = ("the sweep's base config (no sweep)" if not sel.trial_run_id else
+           f"trial {run_link(exp, sel.trial_run_id)} of sweep {run_link(exp, sel.sweep_run_id, sel.sweep)} "
+           f"(best by `{sel.metric}` = {sel.value:.4f})")
+    over = f", with {json.dumps(k.set)}" if k.set else ""
+    return "\n".join([f"**Retrain** of `{k.source}`, seed {k.seed}: the configuration of {src}{over}, trained on the "
+                      f"full training set and tested once (pipeline {run_link(exp, r.pipeline_run_id, r.spec.name)}).",
+                      "", "Feeds the cells:"] + [f"- {c}" for c in dict.fromkeys(cells)])
+
+
+def render_index(r: Results, tables: set[str], figures: set[str]) -> str:
+    """``index.md``: the pipeline's tables and figures named in ``tables`` / ``figures`` (those in the output folder,
+    so ``--only`` keeps the others listed), in the spec's order."""
     suffix = f" ({r.spec.title_suffix})" if r.spec.title_suffix else ""
-    lines = [f"# {r.spec.name}", "", f"MLflow: experiment `{r.exp}` at `{r.uri}`, last pipeline run `{r.parent}`.", ""]
-    tabs = [t for t in r.spec.tables if (out / f"{t.name}.md").is_file()]
-    figs = [f for f in r.spec.figures if (out / f"{f.name}.png").is_file()]
-    if (out / "REPRODUCTION.md").is_file():
-        lines += ["Did each result match the paper? [REPRODUCTION.md](REPRODUCTION.md): every cell with a published "
-                  "value, its verdict, and a summary per table.", ""]
+    lines = [f"# {r.spec.name}", "", f"MLflow: experiment `{r.experiment}` at `{r.tracking_uri}`, last pipeline run "
+                                     f"`{r.pipeline_run_id}`.", ""]
+    tabs = [t for t in r.spec.tables if t.name in tables]
+    figs = [f for f in r.spec.figures if f.name in figures]
+    lines += ["Did each result match the paper? [REPRODUCTION.md](REPRODUCTION.md): every cell with a published "
+              "value, its verdict, and a summary per table.", ""]
     if tabs:
-        lines += ["## Tables", ""] + [f"- [{t.title}{suffix}]({t.name}.md) ([csv]({t.name}.csv), [tex]({t.name}.tex))"
-                                      for t in tabs]
+        lines += ["## Tables", ""] + [f"- [{t.title}{suffix}]({table_path(t.name)}) ([csv]("
+                                      f"{table_path(t.name, 'csv')}), [tex]({table_path(t.name, 'tex')}))" for t in tabs]
     if figs:
-        lines += ["", "## Figures", ""] + [f"- [{f.title}{suffix}]({f.name}.png) ([pdf]({f.name}.pdf), "
-                                           f"[data]({f.name}.csv))" for f in figs]
-    lines += ["", f"Lineage of every cell and point: [lineage.json](lineage.json). Last run: trained {r.trained} "
-                  f"model(s), reused {r.reused}; ran {r.evaluated} evaluation(s), reused {r.evals_reused}.", ""]
-    text = "\n".join(lines)
-    (out / "index.md").write_text(text)
-    return text
+        lines += ["", "## Figures", ""] + [f"- [{f.title}{suffix}]({figure_path(f.name)}) ([pdf]("
+                                           f"{figure_path(f.name, 'pdf')}), [data]({figure_path(f.name, 'csv')}))"
+                                           for f in figs]
+    c = r.counts
+    lines += ["", f"Lineage of every cell and point: [lineage.json](lineage.json). Last run: trained "
+                  f"{c.get('trained', 0)} model(s), reused {c.get('reused', 0)}; ran {c.get('evaluated', 0)} "
+                  f"evaluation(s), reused {c.get('evals_reused', 0)}.", ""]
+    return "\n".join(lines)
 
 
-def _lineage(r: "Runner", ref: CellRef) -> dict[str, Any]:
+def _lineage(r: Results, ref: CellRef) -> dict[str, Any]:
     """Where one cell comes from: sweep → selected trial → retrain run per seed (→ evaluation run per seed)."""
     sel = r.selections[ref.retrains[0].source]
     d: dict[str, Any] = {"sweep": sel.sweep, "sweep_run_id": sel.sweep_run_id, "trial_run_id": sel.trial_run_id,
@@ -340,4 +428,5 @@ def _lineage(r: "Runner", ref: CellRef) -> dict[str, Any]:
     return d
 
 
-__all__ = ["build_figure", "build_table", "find_record", "render_outputs"]
+__all__ = ["Rendered", "Results", "build_figure", "build_table", "find_record", "history_needed", "render",
+           "render_index"]

@@ -1,4 +1,4 @@
-"""``robust-sweep``: trial | sweep | final | eval | demo.
+"""``robust-sweep``: trial | sweep | report | final | eval | demo.
 
 One exit-code rule for every entry point (also ``sweeps/run.py``):
 
@@ -21,9 +21,11 @@ from robust_core.config import ConfigError
 from robust_core.errors import InputError
 
 
-def _add_set(p: argparse.ArgumentParser) -> None:
+def _add_set(p: argparse.ArgumentParser, example: str) -> None:
+    """``--set KEY=VALUE``; ``example``: overrides valid for this command's config (tests/test_cli_help.py checks
+    every ``--set`` example in the help texts against the config validation)."""
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr=0.01 --set method.params.eps=8/255 (repeatable)")
+                   help=f"override a config value, e.g. {example} (repeatable)")
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
@@ -98,14 +100,10 @@ def _check_checkpoint(ckpt, cfg) -> None:
 def _config_of_run(run_id: str, uri: str | None) -> dict:
     if not uri:
         raise ConfigError(["--from-run needs --tracking-uri (the MLflow store the sweep logged to)"], "command line")
-    import tempfile
+    from robust_core.tracking import config_of_run, require_store
 
-    import yaml
-    from mlflow.tracking import MlflowClient
-
-    with tempfile.TemporaryDirectory() as tmp:
-        p = MlflowClient(tracking_uri=uri).download_artifacts(run_id, "config.yaml", tmp)
-        return yaml.safe_load(Path(p).read_text())
+    require_store(uri, "--from-run")
+    return config_of_run(uri, run_id)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -116,6 +114,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     summary = run_sweep(cfg)
     print(summary)
     return 1 if summary.n_errored else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """The ranked trials of a sweep, read from MLflow."""
+    from sweeps.report import format_report, trial_rows
+
+    from robust_core.tracking import require_store
+
+    require_store(args.tracking_uri)
+    parent, rows = trial_rows(args.tracking_uri, args.experiment, args.sweep)
+    print(format_report(parent, rows))
+    return 0
+
+
+def _verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true", help="also show Ray's status tables, the trials' own output "
+                                                          "and MLflow's run links (off by default)")
 
 
 def cmd_final(args: argparse.Namespace) -> int:
@@ -171,13 +186,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test", action="store_true", help="also report test accuracy (never use it to choose settings)")
     t.add_argument("--no-resume", action="store_true", help="do not checkpoint/resume")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_set(t)
+    _add_set(t, "--set train.lr=0.01 --set method.name=pgd_at --set method.params.eps=8/255")
     t.set_defaults(func=cmd_trial)
 
     s = sub.add_parser("sweep", help="run a hyperparameter sweep on Ray Tune (Optuna + ASHA + MLflow)")
     s.add_argument("config", help="sweep YAML, e.g. sweeps/configs/demo_vat.yaml")
-    _add_set(s)
+    _add_set(s, "--set base.train.lr=0.01 --set num_trials=16 --set base.method.params.eps=2.0")
+    _verbose(s)
     s.set_defaults(func=cmd_sweep)
+
+    r = sub.add_parser("report", help="the ranked trials of a sweep (params, metric, epochs, status), from MLflow",
+                       description="Print the trials of the latest run of sweep SWEEP ranked by the sweep's metric "
+                                   "(full-budget trials first: the first row is the trial the summary and the final "
+                                   "pipeline pick). The plots are in the sweep run's artifacts, under report/.")
+    r.add_argument("sweep", metavar="SWEEP", help="the sweep's name (name: in its YAML), e.g. demo-vat")
+    r.add_argument("--tracking-uri", required=True, help="the MLflow store the sweep logged to, e.g. "
+                                                         "sqlite:///robust-sweep-demo/mlflow.db")
+    r.add_argument("--experiment", default="robust-sweep-demo", help="MLflow experiment (tracking.experiment of the "
+                                                                      "sweep; default robust-sweep-demo)")
+    r.set_defaults(func=cmd_report)
 
     f = sub.add_parser("final", help="sweeps -> best config per row -> retrain x seeds -> evaluate -> tables, figures",
                        description="Run a results pipeline: pipelines/demo.yaml, or a paper-reproduction profile "
@@ -185,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("config", help="pipeline YAML, e.g. pipelines/laptop.yaml")
     f.add_argument("--only", metavar="NAME", help="compute and render only this table or figure")
     f.add_argument("--dry-run", action="store_true", help="validate, print the plan's estimated cost, start nothing")
+    _verbose(f)
     f.set_defaults(func=cmd_final)
 
     e = sub.add_parser("eval", help="robustness evaluation of a saved model or an MLflow run's model")
@@ -193,10 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(e)
     e.set_defaults(func=cmd_eval)
 
-    d = sub.add_parser("demo", help="the whole path on this machine: sweeps -> MLflow -> final table (~15 min, 2 CPUs)")
+    # running times are claimed in one place, the README's quick start, next to the command that measured them
+    d = sub.add_parser("demo", help="the whole path on this machine: sweeps -> MLflow -> final table (the README "
+                                    "says how long it takes)")
     d.add_argument("--out", help="folder for the MLflow store, Ray results and tables "
                                  "(default robust-sweep-demo, or robust-sweep-demo-quick with --quick)")
-    d.add_argument("--quick", action="store_true", help="tiny budget (about a minute), to check the installation")
+    d.add_argument("--quick", action="store_true", help="tiny budget, to check the installation")
+    _verbose(d)
     d.set_defaults(func=cmd_demo)
     return p
 
@@ -216,6 +247,11 @@ def guarded(command: Callable[[], int]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from sweeps.console import VERBOSE_ENV, quiet_libraries
+
+    if getattr(args, "verbose", False):
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_libraries()  # unless verbose: no MLflow/Ray INFO lines and links, here and in the processes started
     return guarded(lambda: args.func(args))
 
 

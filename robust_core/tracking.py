@@ -37,6 +37,32 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+def require_store(uri: str, what: str = "--tracking-uri") -> None:
+    """Reading from a ``sqlite:///`` store that does not exist is an input error (``FileNotFoundError``, exit 2):
+    MLflow would create an empty database there and then fail on the missing run."""
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise FileNotFoundError(f"{what}: no MLflow store at {db} (from {uri}); give the path of an existing "
+                                "mlflow.db, e.g. the one `robust-sweep demo` prints at the end")
+
+
+def config_of_run(uri: str, run_id: str) -> dict[str, Any]:
+    """The resolved run config a trial or retrain run logged (artifact ``config.yaml``), as a plain dict."""
+    import tempfile
+
+    import yaml
+
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client(uri).download_artifacts(run_id, "config.yaml", tmp)
+        except MlflowException as e:  # no such run, or one without a config
+            raise LookupError(f"run {run_id!r}: no config.yaml of an MLflow run with this id at {uri} "
+                              f"({str(e).splitlines()[0][:200]})") from None
+        return yaml.safe_load(Path(path).read_text())
+
+
 def prepare_store(uri: str, experiment: str) -> str:
     """Create the database schema (by opening the store) and the experiment; returns the experiment id.
 
@@ -149,6 +175,26 @@ def log_artifact_text(uri: str, run_id: str, relpath: str, text: str) -> None:
 
 def log_artifact_file(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
     client(uri).log_artifact(run_id, str(path), artifact_path)
+
+
+NOTE_TAG = "mlflow.note.content"  # the MLflow UI shows this tag as the run's description (Markdown)
+
+
+def set_note(uri: str, run_id: str, markdown: str) -> None:
+    """The run's note in the MLflow UI (Markdown; replaces an earlier one)."""
+    client(uri).set_tag(run_id, NOTE_TAG, markdown)
+
+
+def run_link(experiment_id: str, run_id: str, text: str | None = None) -> str:
+    """A Markdown link to a run that works inside the MLflow UI (its pages are addressed after ``#``)."""
+    return f"[{text or run_id}](#/experiments/{experiment_id}/runs/{run_id})"
+
+
+def metric_key(*parts: str) -> str:
+    """An MLflow metric name from free text (table, row and column labels): characters MLflow refuses become ``_``."""
+    import re
+
+    return "/".join(re.sub(r"[^A-Za-z0-9_\-. ]+", "_", p).strip(" _") or "_" for p in parts)
 
 
 def set_status(uri: str, run_id: str, status: str) -> None:

@@ -20,6 +20,7 @@ Tune saved any trial restarts the same sweep cleanly; anything else half-written
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -37,6 +38,8 @@ from robust_core import tracking
 from robust_core.config import dump_yaml
 from robust_core.errors import BadFileError, InputError, TrainingDiverged
 from robust_core.reporting import CHECKPOINT_FILE, Many, Reporter, load_state, save_state_atomic
+from sweeps.best import Scored, best_trial
+from sweeps.console import make_callback, quiet_libraries, trial_label, verbose
 from sweeps.spec import SweepConfig
 
 TAG = tracking.TAG
@@ -207,6 +210,8 @@ def make_searcher(cfg: SweepConfig):
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
+    if not verbose():  # "A new study created ..." and per-trial INFO lines: the console callback says what matters
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(cfg.optuna_storage) if cfg.optuna_storage else None
     searcher = _pruned_aware_searcher_cls()(
         space={k: d.to_optuna() for k, d in cfg.search_space.items()},
@@ -254,8 +259,8 @@ def make_trainable(cfg: SweepConfig, uri: str, experiment_id: str, parent_run_id
         trial_id = tune.get_context().get_trial_id()
 
         def open_run() -> str:  # called by the reporter's background thread, retried while MLflow is down
-            run_id, created = tracking.find_or_start_run(
-                uri, experiment_id, trial_id, trial_tags(cfg, trial_id),
+            run_id, created = tracking.find_or_start_run(  # named by its hyperparameters; the Ray id is a tag
+                uri, experiment_id, trial_label(cfg.base.method.name, _sampled(cfg, config)), trial_tags(cfg, trial_id),
                 key_tags=[f"{TAG}.sweep", f"{TAG}.trial_id"], parent_run_id=parent_run_id)
             # idempotent, so a call cut off by an outage can simply be repeated: params already there are skipped
             tracking.log_params(uri, run_id, run_cfg.flat())
@@ -319,6 +324,7 @@ def init_ray(cpus_per_task: float = 1.0) -> None:
     ``InputError`` after ``RAY_CONNECT_TIMEOUT_S`` (``ray.init`` itself would retry forever)."""
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return
+    quiet_libraries()  # before the workers start: they inherit the environment
     address = os.environ.get("RAY_ADDRESS") or None
     if address not in (None, "auto", "local"):
         check_ray_address(address)
@@ -329,6 +335,8 @@ def init_ray(cpus_per_task: float = 1.0) -> None:
         # a fresh local instance: hide GPUs from trials that ask for none, size it to this machine
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(cpus_per_task))
+    if not verbose():  # the trials' own output (checkpoint lines, MLflow links) stays in the worker logs
+        kwargs.update(log_to_driver=False, logging_level=logging.ERROR)
     ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, **kwargs)
 
 
@@ -552,7 +560,9 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> SweepSummary:
     """Run (or resume) the sweep; returns a summary. Finished and diverged trials of a resumed sweep are not redone.
 
     Resumes only from a complete Tune state; a state Tune never saved (driver killed at the very start) restarts the
-    same sweep; a half-written one raises ``InputError`` with the command that fixes it."""
+    same sweep; a half-written one raises ``InputError`` with the command that fixes it. ``progress``: print a line
+    per trial start and end and a progress bar (``sweeps.console``); Ray's own status tables only when verbose
+    (``robust-sweep sweep --verbose``)."""
     # experiment-state snapshots forced by num_to_keep are wanted (restore); the warning about them is noise
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if cfg.sparse_metric:  # reported at its epochs only; sweeps/spec.py checked, before Ray, that ASHA's rungs have it
@@ -579,6 +589,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> SweepSummary:
         make_trainable(cfg, uri, experiment_id, parent, ray.get_runtime_context().get_node_id()),
         {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
     resumed = state.kind == "resumable"
+    callbacks = [make_callback(cfg.name, cfg.base.method.name, list(cfg.search_space), cfg.metric, cfg.max_t,
+                               cfg.num_trials)] if progress else []
     try:
         if resumed:
             tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
@@ -588,17 +600,59 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> SweepSummary:
                 tune_config=tune.TuneConfig(search_alg=make_searcher(cfg), scheduler=make_scheduler(cfg),
                                             num_samples=cfg.num_trials, reuse_actors=True),
                 run_config=tune.RunConfig(
-                    name=cfg.name, storage_path=cfg.storage, verbose=1 if progress else 0,
+                    name=cfg.name, storage_path=cfg.storage, verbose=1 if verbose() else 0, callbacks=callbacks,
                     failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
             )
         fault_gate(os.environ.get(TEST_GATES_ENV), "driver-fit", str(os.getpid()))
         results = tuner.fit()
         summary = finalize(cfg, results, uri, experiment_id, parent, resumed)
+        tracking.set_note(uri, parent, sweep_note(cfg, summary))
+        prune_checkpoints(cfg, results)
     except BaseException:
         tracking.set_status(uri, parent, "FAILED")
         raise
+    from sweeps.report import log_report
+
+    try:  # the sweep is done and recorded: a report that cannot be drawn is said, not a failed sweep
+        log_report(cfg, uri, experiment_id, parent)
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: sweep {cfg.name}: report not logged ({type(e).__name__}: {e}); the ranked trials: "
+              f"robust-sweep report {cfg.name} --tracking-uri {uri}", file=sys.stderr)
     return summary
+
+
+def prune_checkpoints(cfg: SweepConfig, results) -> int:
+    """Delete the checkpoints of trials that ended without error (local storage only): a resumed sweep never runs
+    them again, so only errored trials (``resume_errored``) need theirs. Returns the bytes freed."""
+    import shutil
+
+    if "://" in cfg.storage:
+        return 0
+    freed = 0
+    for res in results:
+        if res.error is not None or not res.path or not Path(res.path).is_dir():
+            continue
+        for d in Path(res.path).glob("checkpoint_*"):
+            freed += sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            shutil.rmtree(d, ignore_errors=True)
+    return freed
+
+
+def sweep_note(cfg: SweepConfig, s: "SweepSummary") -> str:
+    """The Markdown note of a sweep's parent run in the MLflow UI."""
+    lines = [f"**Sweep `{cfg.name}`**: {cfg.base.method.name} on {cfg.base.data.name}, {s.n_trials} trials "
+             f"({s.n_finished} full budget, {s.n_stopped_early} stopped early by ASHA, {s.n_errored} errored), "
+             f"ranked by `{cfg.metric}` ({cfg.mode}).", ""]
+    if s.best.get("run_id"):
+        name = trial_label(cfg.base.method.name, s.best["sampled"])
+        lines.append(f"Best trial: {tracking.run_link(s.experiment_id, s.best['run_id'], name)} with "
+                     f"{cfg.metric} = {s.best['value']:.4f} (logged here as `best_trial_{cfg.metric}`; a "
+                     f"trial's own `best_val_acc` is its best epoch).")
+    lines += ["", "Report (artifacts `report/`): ranked trials, learning curves with ASHA's stops, Optuna's "
+              f"parameter importances, parallel coordinates and optimisation history; in a terminal: "
+              f"`robust-sweep report {cfg.name} --tracking-uri URI`. Config: artifact `sweep.yaml`."]
+    return "\n".join(lines)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -702,7 +756,8 @@ def finalize(cfg: SweepConfig, results, uri: str, experiment_id: str, parent: st
             if run.info.status != "FINISHED":
                 tracking.set_status(uri, rid, "FINISHED")
         if cfg.metric in m:
-            candidates.append((not stopped, m[cfg.metric], trial_id, run, res.config))
+            order = run.info.start_time if run is not None else math.inf  # ties: the earlier trial, as in selection
+            candidates.append(Scored(m[cfg.metric], not stopped, order, (trial_id, run, res.config)))
     for trial_id, run in children.items():
         if trial_id not in seen:  # started by a driver killed before Tune saved it; Tune proposed it again
             _detach_orphan(uri, run, parent)
@@ -712,14 +767,14 @@ def finalize(cfg: SweepConfig, results, uri: str, experiment_id: str, parent: st
         tracking.set_tags(uri, parent, {f"{TAG}.error": f"Tune ran {len(results)} of the {cfg.num_trials} planned "
                                                         "trials; start the sweep over under a new name"})
     best: dict[str, Any] = {}
-    if candidates:
-        full = [c for c in candidates if c[0]] or candidates
-        pick = max if cfg.mode == "max" else min
-        _, value, trial_id, run, config = pick(full, key=lambda c: c[1])
+    pick = best_trial(candidates, cfg.mode)  # the same rule as the final pipeline's selection
+    if pick is not None:
+        value, (trial_id, run, config) = pick.value, pick.item
         sampled = _sampled(cfg, config)
         best = {"trial_id": trial_id, "run_id": run.info.run_id if run is not None else None, "metric": cfg.metric,
                 "value": value, "sampled": sampled, "config": cfg.trial_config(sampled).to_dict()}
-        tracking.log_metrics(uri, parent, {f"best_{cfg.metric}": value})
+        # the best trial's final value (what selection uses); a trial's own best_val_acc is its best epoch
+        tracking.log_metrics(uri, parent, {f"best_trial_{cfg.metric}": value})
         tracking.set_tags(uri, parent, {f"{TAG}.best_trial_id": trial_id,
                                         f"{TAG}.best_run_id": best["run_id"] or ""})
     _fail_orphaned_study_trials(cfg)

@@ -166,10 +166,11 @@ def build_sweep_config(raw: Mapping[str, Any], source: str = "sweep config", cwd
             space_raw = default_space_raw(base.method.name, base.data.name, problems)
     if space_raw is not None:
         space = parse_space(space_raw, problems)
-    if base is not None and space:
-        problems += check_corners(base, space)
-    elif space:  # the base is invalid: corners cannot be built, but the paths can still be checked
-        problems += check_paths(base_raw, space)
+    if space:  # one problem per bad path (with the valid keys); corners only of the paths that exist
+        bad = check_paths(base.to_dict() if base is not None else base_raw, space)
+        problems += [p for _, p in bad]
+        if base is not None:
+            problems += check_corners(base, {k: d for k, d in space.items() if k not in {path for path, _ in bad}})
 
     tracking = raw.get("tracking")
     if isinstance(tracking, Mapping) and isinstance(tracking.get("uri"), str):
@@ -327,9 +328,10 @@ def check_corners(base: RunConfig, space: Mapping[str, Dist]) -> list[str]:
     return problems
 
 
-def check_paths(base_raw: Mapping[str, Any], space: Mapping[str, Dist]) -> list[str]:
+def check_paths(base_raw: Mapping[str, Any], space: Mapping[str, Dist]) -> list[tuple[str, str]]:
     """Each search-space path names a run-config key (method params against the method's ``Params`` when the
-    method name is known). Used when the base config is invalid, so these problems are listed with the others."""
+    method name is known): (path, problem) once per bad path, with "did you mean" and the valid keys. Also works
+    when the base config is invalid, so these problems are listed with the others."""
     import difflib
 
     from robust_core.config import DataConfig, MethodConfig, ModelConfig, TrainConfig
@@ -341,8 +343,8 @@ def check_paths(base_raw: Mapping[str, Any], space: Mapping[str, Dist]) -> list[
     for path in space:
         head, *rest = path.split(".")
         if head not in sections:
-            problems.append(f"search_space.{path}: {head!r} is not a section of the run config "
-                            f"(use data., model., method. or train.)")
+            problems.append((path, f"search_space.{path}: {head!r} is not a section of the run config "
+                                   f"(use data., model., method. or train.)"))
             continue
         fields = list(sections[head].model_fields)
         if head == "method" and rest[:1] == ["params"] and len(rest) == 2 and method in METHODS:
@@ -352,12 +354,12 @@ def check_paths(base_raw: Mapping[str, Any], space: Mapping[str, Dist]) -> list[
         elif len(rest) == 1:
             key, what = rest[0], f"a {head} key"
         else:
-            problems.append(f"search_space.{path}: not a run-config key")
+            problems.append((path, f"search_space.{path}: not a run-config key"))
             continue
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=2)
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            problems.append(f"search_space.{path}: {key!r} is not {what}{hint}")
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            problems.append((path, f"search_space.{path}: {key!r} is not {what}; {hint}valid: {', '.join(fields)}"))
     return problems
 
 

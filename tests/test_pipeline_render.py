@@ -1,18 +1,18 @@
-"""Golden tests for the pipeline's rendering: a fixed set of runs (retrain metrics, evaluation records) → exact
-Markdown, CSV and LaTeX; plus the figure data of a fixed set of evaluation records."""
+"""Golden tests for the pipeline's rendering: a fixed set of runs (retrain metrics, evaluation records, per-epoch
+histories) → exact Markdown, CSV and LaTeX, and the exact data of every figure kind. Rendering is pure: the tests
+feed it plain values (``Results``), no store."""
 from __future__ import annotations
 
 import re
 from dataclasses import replace
 from statistics import stdev
-from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from pipelines.final import Selection
 from pipelines.plan import make_plan
-from pipelines.render import build_figure, build_table
+from pipelines.render import Results, build_figure, build_table, history_needed, render
+from pipelines.store import Selection
 from pipelines.reproduction import POLICY, render_reproduction, table_record
 from pipelines.figures import figure_csv
 from pipelines.spec import load_pipeline_spec
@@ -74,7 +74,7 @@ def runner(tmp_path):
         recs += [_rec(u.suite, "fgsm", TEST_ACC[who] - e * (1 if who[0] == "mle" else 0.3) - 0.01 * who[1], e)
                  for e in (0.0, 0.1, 0.3)]
         evals[key] = {"run_id": f"e-{who[0]}-{who[1]}-{u.suite}", "records": recs, "audit": []}
-    return SimpleNamespace(plan=plan, spec=plan.spec, selections=sel, retrains=retrains, evals=evals)
+    return Results(plan, sel, retrains, evals)
 
 
 def test_table_golden_from_fixed_runs(runner):
@@ -210,3 +210,105 @@ def test_figure_points_are_the_records_mean_and_std(runner):
         "curve,mnist5k: FGSM,PGD-AT,0.100000,,91.000000,1.414214,solid\n"
         "curve,mnist5k: FGSM,PGD-AT,0.300000,,85.000000,1.414214,solid\n"
     )
+
+
+# ------------------------------------------------------------------------------------- figures from histories
+HIST_SPEC = {
+    "name": "h", "tracking": {"uri": "sqlite:///unused.db"}, "seeds": [0, 1], "sweep": {"mode": "defaults"},
+    "datasets": {"mnist": {"name": "mnist5k", "display": "mnist5k"}},
+    "methods": {"mle": {"method": "mle"}, "pgd": {"method": "pgd_at"}},
+    "tables": [],
+    "figures": [
+        {"name": "ep", "title": "error per epoch", "kind": "epochs", "settings": [{"dataset": "mnist"}],
+         "rows": [{"label": "MLE", "method": "mle"}, {"label": "PGD-AT", "method": "pgd"}],
+         "pairs": [["PGD-AT", "MLE"]]},
+        {"name": "reach", "title": "epochs to reach", "kind": "epochs_to_reach", "settings": [{"dataset": "mnist"}],
+         "rows": [{"label": "MLE", "method": "mle"}, {"label": "PGD-AT", "method": "pgd"}],
+         "thresholds": [90, 95]}],
+}
+# per (method, seed): test accuracy per epoch 1..3; train accuracy is 0.02 above it
+TEST_CURVE = {("mle", 0): [0.80, 0.91, 0.96], ("mle", 1): [0.85, 0.93, 0.95],
+              ("pgd", 0): [0.70, 0.88, 0.92], ("pgd", 1): [0.75, 0.90, 0.94]}
+
+
+@pytest.fixture
+def hist_results(tmp_path):
+    p = tmp_path / "h.yaml"
+    p.write_text(yaml.safe_dump(HIST_SPEC))
+    plan = make_plan(load_pipeline_spec(p))
+    m = lambda src: "pgd" if "pgd" in src else "mle"  # noqa: E731
+    sel = {s: Selection(s, "", "", "defaults (no sweep)", float("nan"), RunConfig()) for s in plan.sources}
+    retrains = {k: {"run_id": f"r-{m(k.source)}-{k.seed}", "metrics": {}} for k in plan.retrains}
+    history = {}
+    for (meth, seed), curve in TEST_CURVE.items():
+        history[(f"r-{meth}-{seed}", "test_acc")] = {ep: v for ep, v in enumerate(curve, 1)}
+        history[(f"r-{meth}-{seed}", "train_acc")] = {ep: v + 0.02 for ep, v in enumerate(curve, 1)}
+    return Results(plan, sel, retrains, history=history)
+
+
+def test_history_needed_names_exactly_what_the_figures_plot(hist_results):
+    need = history_needed(hist_results.plan, hist_results.retrains)
+    assert sorted(need) == sorted(hist_results.history)  # epochs: train+test of all 4 runs; reach: test (same)
+    assert len(need) == len(set(need)) == 8
+
+
+def test_epochs_figure_golden(hist_results):
+    fig = build_figure(hist_results, hist_results.plan.figures[0])
+    # error = (1 - acc) * 100, mean ± sample std over the two seeds, per epoch; train dashed, test solid
+    assert figure_csv(fig) == (
+        "figure,panel,series,x,xticklabel,y,yerr,style\n"
+        "ep,mnist5k: PGD-AT vs MLE,PGD-AT train,1.000000,,25.500000,3.535534,dashed\n"
+        "ep,mnist5k: PGD-AT vs MLE,PGD-AT train,2.000000,,9.000000,1.414214,dashed\n"
+        "ep,mnist5k: PGD-AT vs MLE,PGD-AT train,3.000000,,5.000000,1.414214,dashed\n"
+        "ep,mnist5k: PGD-AT vs MLE,PGD-AT test,1.000000,,27.500000,3.535534,solid\n"
+        "ep,mnist5k: PGD-AT vs MLE,PGD-AT test,2.000000,,11.000000,1.414214,solid\n"
+        "ep,mnist5k: PGD-AT vs MLE,PGD-AT test,3.000000,,7.000000,1.414214,solid\n"
+        "ep,mnist5k: PGD-AT vs MLE,MLE train,1.000000,,15.500000,3.535534,dashed\n"
+        "ep,mnist5k: PGD-AT vs MLE,MLE train,2.000000,,6.000000,1.414214,dashed\n"
+        "ep,mnist5k: PGD-AT vs MLE,MLE train,3.000000,,2.500000,0.707107,dashed\n"
+        "ep,mnist5k: PGD-AT vs MLE,MLE test,1.000000,,17.500000,3.535534,solid\n"
+        "ep,mnist5k: PGD-AT vs MLE,MLE test,2.000000,,8.000000,1.414214,solid\n"
+        "ep,mnist5k: PGD-AT vs MLE,MLE test,3.000000,,4.500000,0.707107,solid\n"
+    )
+    assert fig.notes == ("[1] Mean ± sample std over seeds [0, 1].",)
+
+
+def test_epochs_to_reach_figure_golden(hist_results):
+    fig = build_figure(hist_results, hist_results.plan.figures[1])
+    # 90 %: MLE epochs 2, 2; PGD-AT epochs 3, 2. 95 %: MLE epochs 3, 3; PGD-AT never (no bar, a footnote)
+    assert figure_csv(fig) == (
+        "figure,panel,series,x,xticklabel,y,yerr,style\n"
+        "reach,mnist5k,MLE,0.000000,90,2.000000,0.000000,solid\n"
+        "reach,mnist5k,MLE,1.000000,95,3.000000,0.000000,solid\n"
+        "reach,mnist5k,PGD-AT,0.000000,90,2.500000,0.707107,solid\n"
+        "reach,mnist5k,PGD-AT,1.000000,95,,0.000000,solid\n"
+    )
+    assert ("mnist5k: not reached within the budget (bars average the seeds that reached it; no bar when none did): "
+            "PGD-AT 95% (2/2 seeds)") in " ".join(fig.notes)
+
+
+def test_a_history_missing_from_the_results_is_named(hist_results):
+    bare = Results(hist_results.plan, hist_results.selections, hist_results.retrains)
+    with pytest.raises(KeyError, match="no train_acc history of retrain run r-pgd-0"):
+        build_figure(bare, bare.plan.figures[0])
+
+
+def test_render_is_pure_and_keeps_earlier_outputs_listed(runner):
+    prev = {"tables": {"older": {}}, "figures": {}, "selections": {}, "reproduction": {}}
+    out = render(runner, prev, ({"robust"}, {"elsewhere"}))
+    assert set(out.tables) == {"robust"} and set(out.tables["robust"]) == {"md", "csv", "tex"}
+    assert set(out.figures) == {"curve"} and out.figure_data["curve"] == figure_csv(out.figures["curve"])
+    assert set(__import__("json").loads(out.lineage)["tables"]) == {"older", "robust"}
+    assert "(tables/robust.md)" in out.index and "(figures/curve.png)" in out.index and "(REPRODUCTION.md)" in out.index
+
+
+def test_cells_become_metrics_and_retrains_get_notes_naming_their_cells(runner):
+    r = replace(runner, pipeline_run_id="P", experiment_id="7")
+    out = render(r)
+    assert out.cell_metrics["robust/MLE/mnist5k/mean"] == pytest.approx(97.5)
+    assert out.cell_metrics["robust/PGD-AT/mnist5k PGD-5/std"] == pytest.approx(stdev([80.0, 84.0]))
+    assert not any("SVHN" in k for k in out.cell_metrics)  # a column not computed has no metric
+    assert "REPRODUCTION.md" in out.notes["P"] and "`robust`: Reproduced 4 of 5 cells" in out.notes["P"]
+    note = out.notes["r-pgd-1"]
+    assert "seed 1" in note and "(pipeline [g](#/experiments/7/runs/P))" in note
+    assert "- robust: PGD-AT / mnist5k PGD-5" in note and "- robust: MLE" not in note

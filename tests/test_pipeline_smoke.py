@@ -49,18 +49,20 @@ def test_smoke_writes_every_table_and_figure(smoke_run):
     out = Path(spec.output_dir)
     assert out == cwd / "robust-sweep-smoke" / "results"
     for name in CATALOG_TABLES:
-        md = (out / f"{name}.md").read_text()
+        md = (out / "tables" / f"{name}.md").read_text()
         assert md.startswith("### ") and "(smoke: tiny generated data)" in md, name
-        assert "| Method |" in md and (out / f"{name}.csv").read_text().startswith("table,method,column")
-        assert (out / f"{name}.tex").read_text().startswith(f"{PREAMBLE}\n\\begin{{table}}")
+        assert "| Method |" in md
+        assert (out / "tables" / f"{name}.csv").read_text().startswith("table,method,column")
+        assert (out / "tables" / f"{name}.tex").read_text().startswith(f"{PREAMBLE}\n\\begin{{table}}")
         assert "—" not in md, f"{name} has a missing cell:\n{md}"  # every cell computed on the smoke data
     for name in CATALOG_FIGURES:
-        assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
-        assert (out / f"{name}.pdf").read_bytes()[:4] == b"%PDF", name
-        rows = (out / f"{name}.csv").read_text().splitlines()
+        assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
+        assert (out / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF", name
+        rows = (out / "figures" / f"{name}.csv").read_text().splitlines()
         assert len(rows) > 1 and all(r.split(",")[5] for r in rows[1:] if name != "fat_epochs_to_reach"), name
     index = (out / "index.md").read_text()
-    assert all(f"({n}.md)" in index for n in CATALOG_TABLES) and all(f"({n}.png)" in index for n in CATALOG_FIGURES)
+    assert all(f"(tables/{n}.md)" in index for n in CATALOG_TABLES)
+    assert all(f"(figures/{n}.png)" in index for n in CATALOG_FIGURES)
     # the data really was written in torchvision's formats and read back by the real loaders
     data = cwd / "robust-sweep-smoke" / "data"
     assert (data / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
@@ -75,7 +77,7 @@ def test_every_published_value_is_shown_with_a_verdict(smoke_run):
     cwd, spec = smoke_run
     out = Path(spec.output_dir)
     for t in _CATALOG["tables"]:
-        rows = iter(csv.DictReader(io.StringIO((out / f"{t['name']}.csv").read_text())))
+        rows = iter(csv.DictReader(io.StringIO((out / "tables" / f"{t['name']}.csv").read_text())))
         for r in t["rows"]:
             for c in t["columns"]:  # smoke keeps every column, in the catalogue's order
                 cell = next(rows)
@@ -89,7 +91,7 @@ def test_every_published_value_is_shown_with_a_verdict(smoke_run):
                     assert pv["note"] in cell["note"]
     repro = (out / "REPRODUCTION.md").read_text()
     assert repro.startswith("# Reproduction: smoke (smoke: tiny generated data)")
-    assert all(f"## [{t.title}" in repro and f"]({t.name}.md)" in repro for t in spec.tables)
+    assert all(f"## [{t.title}" in repro and f"](tables/{t.name}.md)" in repro for t in spec.tables)
     assert "(REPRODUCTION.md)" in (out / "index.md").read_text()
     lineage = json.loads((out / "lineage.json").read_text())
     client = tracking.client(spec.tracking.uri)
@@ -123,15 +125,16 @@ def test_lineage_and_mlflow_trace_every_cell(smoke_run):
 def test_rerun_reuses_everything_and_only_renders_one(smoke_run):
     cwd, spec = smoke_run
     out = Path(spec.output_dir)
-    before = {n: (out / f"{n}.md").read_text() for n in CATALOG_TABLES}
+    before = {n: (out / "tables" / f"{n}.md").read_text() for n in CATALOG_TABLES}
     plan = make_plan(spec)
     res = run_pipeline(spec, log=lambda *a: None)
     assert (res["trained"], res["reused"]) == (0, len(plan.retrains))
     assert (res["evaluated"], res["evals_reused"]) == (0, len(plan.evals))
-    assert {n: (out / f"{n}.md").read_text() for n in CATALOG_TABLES} == before  # same runs -> same tables
+    assert {n: (out / "tables" / f"{n}.md").read_text() for n in CATALOG_TABLES} == before  # same runs, same tables
     one = run_pipeline(spec, only="atld_ablation", log=lambda *a: None)
     assert one["tables"] == {} and set(one["figures"]) == {"atld_ablation"} and one["trained"] == 0
     index = (out / "index.md").read_text()  # --only keeps the other outputs listed, and their lineage
-    assert all(f"({n}.md)" in index for n in CATALOG_TABLES) and all(f"({n}.png)" in index for n in CATALOG_FIGURES)
+    assert all(f"(tables/{n}.md)" in index for n in CATALOG_TABLES)
+    assert all(f"(figures/{n}.png)" in index for n in CATALOG_FIGURES)
     assert set(json.loads((out / "lineage.json").read_text())["tables"]) == set(CATALOG_TABLES)
-    assert all(f"]({n}.md)" in (out / "REPRODUCTION.md").read_text() for n in CATALOG_TABLES)  # kept as well
+    assert all(f"](tables/{n}.md)" in (out / "REPRODUCTION.md").read_text() for n in CATALOG_TABLES)  # kept as well

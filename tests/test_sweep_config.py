@@ -92,7 +92,8 @@ def test_all_problems_reported_at_once(tmp_path):
     text = "\n".join(ps)
     for needle in ("num_trails: unknown key", "scheduler.reduction_factr",
                    "resources.gpu", "storage", "metric: 'accuracy'",
-                   "search_space.method.params.epss=0.1", "search_space.train.lr: loguniform needs lo > 0",
+                   "search_space.method.params.epss: 'epss' is not a vat param; did you mean eps? valid: eps, ",
+                   "search_space.train.lr: loguniform needs lo > 0",
                    "search_space.train.weight_decay: uniform needs lo < hi", "search_space.train.batch_size",
                    "search_space.train.momentum=1.5", "search_space.train.optimizer='lion'",
                    "search_space.model.params.hidden: choice values"):
@@ -192,9 +193,24 @@ def test_problems_that_need_no_valid_base_are_listed_with_base_errors(tmp_path):
             "tracking": {"uri": "sqlite:///x.db", "experiment": "e"}}, cwd=tmp_path)
     msg = str(e.value)
     assert "base.data.name" in msg and "base.train.lrr" in msg
-    assert "search_space.train.momentm: 'momentm' is not a train key; did you mean momentum?" in msg
-    assert "search_space.method.params.epss: 'epss' is not a vat param; did you mean eps?" in msg
+    assert "search_space.train.momentm: 'momentm' is not a train key; did you mean momentum? valid: " in msg
+    assert "search_space.method.params.epss: 'epss' is not a vat param; did you mean eps? valid: " in msg
     assert "search_space.trian.lr: 'trian' is not a section" in msg
     assert "method.params.alpha" not in msg  # a valid path is not reported
     assert "scheduler.grace_period: 5 epochs exceeds max_t = base.train.epochs = 3" in msg
     assert "(6 problems)" in msg  # 2 base + 3 paths + grace
+
+
+def test_a_bad_search_space_key_is_one_problem_with_the_valid_keys(tmp_path):
+    """With a valid base too: one problem per bad key (not one per range end), "did you mean" and the valid ones."""
+    from robust_core.config import ConfigError
+    from robust_core.registry import METHODS
+    from sweeps.spec import build_sweep_config
+
+    with pytest.raises(ConfigError) as e:
+        build_sweep_config({
+            "name": "bad", "num_trials": 2, "max_concurrent": 1, "base": {"method": {"name": "vat"}},
+            "search_space": {"method.params.epss": {"uniform": [1, 2]}, "train.lr": {"loguniform": [1e-4, 1e-2]}},
+            "tracking": {"uri": "sqlite:///x.db", "experiment": "e"}}, cwd=tmp_path)
+    assert e.value.problems == [f"search_space.method.params.epss: 'epss' is not a vat param; did you mean eps? "
+                                f"valid: {', '.join(METHODS.get('vat').Params.model_fields)}"]

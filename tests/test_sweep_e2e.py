@@ -1,7 +1,11 @@
 """A tiny real sweep through Ray Tune, Optuna (TPE), ASHA and MLflow (SQLite), then the same sweep again (resume)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from sweeps.console import format_value
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +72,9 @@ def test_parent_and_children_in_mlflow(sweep):
         tags, params = run.data.tags, run.data.params
         assert tags["mlflow.parentRunId"] == summary.parent_run_id
         assert tags["robust_sweep.kind"] == "trial" and tags["robust_sweep.sweep"] == "e2e-vat"
-        assert run.info.run_name == tags["robust_sweep.trial_id"]
+        # named by what distinguishes it (the Ray id is a tag)
+        assert run.info.run_name.startswith("vat ") and tags["robust_sweep.trial_id"] not in run.info.run_name
+        assert f"eps={format_value(float(params['method.params.eps']))}" in run.info.run_name.split()
         assert run.info.status == "FINISHED"
         eps = float(params["method.params.eps"])
         lo, hi = cfg.search_space["method.params.eps"].args
@@ -86,6 +92,14 @@ def test_parent_and_children_in_mlflow(sweep):
     assert n_stopped == summary.n_stopped_early
     assert summary.best["run_id"] in {r.info.run_id for r in children}
     assert summary.best["config"]["method"]["params"]["eps"] == summary.best["sampled"]["method.params.eps"]
+    parent = c.get_run(summary.parent_run_id)
+    assert parent.data.metrics["best_trial_val_acc"] == pytest.approx(summary.best["value"])
+    assert "best_val_acc" not in parent.data.metrics  # one name per meaning: a trial's best_val_acc is its best epoch
+    assert f"runs/{summary.best['run_id']})" in parent.data.tags["mlflow.note.content"]
+    report = {a.path for a in c.list_artifacts(summary.parent_run_id, "report")}
+    assert {"report/learning_curves.png", "report/trials.txt", "report/README.md"} <= report
+    # finished trials keep no checkpoints (a resumed sweep never reruns them)
+    assert not list(Path(summary.storage_path).glob("*/checkpoint_*"))
 
 
 def test_optuna_marks_asha_stopped_trials_pruned(sweep):
@@ -182,23 +196,23 @@ def test_final_pipeline_on_the_sweep_then_rerun_reuses(sweep, tmp_path):
         assert r.data.params["method.params.eps"] == str(summary.best["config"]["method"]["params"]["eps"])
     assert {r.data.tags["robust_sweep.seed"] for r in retrains} == {"0", "1"}
 
-    md = (tmp_path / "out" / "ssl.md").read_text()
+    md = (tmp_path / "out" / "tables" / "ssl.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| VAT |"))
     accs = sorted(100 * r.data.metrics["test_acc"] for r in retrains)
     mean = sum(accs) / 2
     assert f"{mean:.2f} ± " in row  # the cell is the mean of exactly these runs' test accuracies
-    csv_line = (tmp_path / "out" / "ssl.csv").read_text().splitlines()[1]
+    csv_line = (tmp_path / "out" / "tables" / "ssl.csv").read_text().splitlines()[1]
     assert all(r.info.run_id in csv_line for r in retrains)
     lineage = json.loads((tmp_path / "out" / "lineage.json").read_text())
     cell = lineage["tables"]["ssl"]["VAT"]["test accuracy (%)"]
     assert cell["trial_run_id"] == best_trial and cell["sweep"] == "e2e-vat"
     assert set(cell["retrain_run_ids"].values()) == {r.info.run_id for r in retrains}
     for ext in ("md", "csv", "tex"):
-        assert (tmp_path / "out" / f"ssl.{ext}").is_file()
+        assert (tmp_path / "out" / "tables" / f"ssl.{ext}").is_file()
 
     again = run_pipeline(spec, log=lambda *a: None)
     assert again["trained"] == 0 and again["reused"] == 2
-    assert (tmp_path / "out" / "ssl.md").read_text() == md
+    assert (tmp_path / "out" / "tables" / "ssl.md").read_text() == md
     assert len(find_runs(cfg.tracking.uri, cfg.tracking.experiment, "tags.`robust_sweep.kind` = 'retrain'")) == 2
 
 

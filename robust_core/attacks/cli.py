@@ -66,7 +66,17 @@ def _resolve(ref: str, uri: str | None, tmp: str) -> tuple[Path, str | None]:
                                 "id without --tracking-uri")
     from mlflow.tracking import MlflowClient
 
-    local = MlflowClient(tracking_uri=uri).download_artifacts(ref, MODEL_ARTIFACT, tmp)
+    from robust_core.tracking import require_store
+
+    from mlflow.exceptions import MlflowException
+
+    require_store(uri)  # before MLflow would create an empty database there
+    try:
+        local = MlflowClient(tracking_uri=uri).download_artifacts(ref, MODEL_ARTIFACT, tmp)
+    except MlflowException as e:  # no such run, or a run without a model
+        raise LookupError(f"{ref!r}: no {MODEL_ARTIFACT} of an MLflow run with this id at {uri} "
+                          f"({str(e).splitlines()[0][:200]}); give a retrain or trial run id (lineage.json lists "
+                          "them) or a model folder") from None
     return Path(local), ref
 
 
