@@ -16,7 +16,7 @@ from statistics import mean, stdev
 from typing import Any, Mapping
 
 from pipelines.figures import Figure, Panel, Series, figure_csv
-from pipelines.plan import CellRef, Plan, RetrainKey, ResolvedFigure, ResolvedTable
+from pipelines.plan import CellRef, Plan, RetrainKey, ResolvedFigure, ResolvedTable, input_dim
 from pipelines.reproduction import render_reproduction, table_record
 from pipelines.store import Selection
 from pipelines.tables import Cell, Row, Table, render_csv, render_latex, render_markdown
@@ -186,6 +186,20 @@ def history_needed(plan: Plan, retrains: Mapping[RetrainKey, Mapping[str, Any]])
                               for key in HISTORY_KEYS.get(rf.spec.kind, ()) for ks in rf.rows.values() for k in ks))
 
 
+def axis_label(x: str, norms: set[str], dataset: str) -> str:
+    """The x label of a curves/budget panel, in the unit of the figure's axis (``FigureAxis.x``)."""
+    norm = " / ".join(NORM_TEXT.get(n, n) for n in sorted(norms)) or "?"
+    if x == "l2_norm":
+        label = "noise level: L2 norm of the perturbation (inputs in [0, 1])"
+        if "linf" in norms:
+            d = input_dim(dataset)
+            label += f"; FGSM at ε∞ = level/√{d}"
+        return label
+    if x == "eps255":
+        return f"ε ({norm}, in 1/255 of the pixel range)"
+    return f"ε ({norm}, pixel units)"
+
+
 def _history(r: Results, k: RetrainKey, key: str) -> Mapping[int, float]:
     run_id = r.retrains[k]["run_id"]
     try:
@@ -209,14 +223,14 @@ def build_figure(r: Results, rf: ResolvedFigure) -> Figure:
                     for u in rf.evals[(row.label, s.key)]:
                         for rec in r.evals[u.key]["records"]:
                             if rec["suite"] == suite and rec["key"] == str(atk):
-                                pts.setdefault(rec["eps"], []).append(rec["accuracy"] * 100)
+                                x = round(rec["eps"] * rf.x_scale.get((s.key, rec["norm"]), 1.0), 6)
+                                pts.setdefault(x, []).append(rec["accuracy"] * 100)
                                 norms.add(rec["norm"])
                                 flags += rec.get("flags", [])
                     xs = sorted(pts)
                     agg = [_agg(pts[x]) for x in xs]
                     series.append(Series(row.label, tuple(xs), tuple(a for a, _ in agg), tuple(b for _, b in agg)))
-                norm = " / ".join(NORM_TEXT.get(n, n) for n in sorted(norms)) or "?"
-                panels.append(Panel(f"{s.header}: {atk.header}", f"ε ({norm}, pixel units)",
+                panels.append(Panel(f"{s.header}: {atk.header}", axis_label(f.axis.x, norms, s.dataset),
                                     "accuracy (%)", tuple(series), ylim=(0, 100)))
         elif f.kind == "bars":
             series = []

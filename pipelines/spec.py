@@ -35,7 +35,7 @@ from typing_extensions import Annotated
 
 from robust_core.attacks.key import AttackKey
 from robust_core.attacks.settings import EvalOptions
-from robust_core.config import ConfigError, RobustValOptions, _format_errors, deep_merge, read_yaml
+from robust_core.config import ConfigError, Number, RobustValOptions, _format_errors, deep_merge, read_yaml
 
 PAPER_DATASETS = ("mnist", "svhn", "cifar10", "cifar100")
 PAPER_STEPS = (20, 40, 100)  # the papers' PGD/CW step counts; a profile's eval.steps maps onto them in order
@@ -192,12 +192,37 @@ class SettingSpec(_Strict):
     labels: int | None = Field(None, ge=1)
 
 
+XUnit = Literal["eps", "eps255", "l2_norm"]
+
+
+class FigureAxis(_Strict):
+    """The x-axis of a ``curves`` or ``budget`` figure: which radii its evaluations run and where they are plotted.
+
+    x: ``eps`` (each attack's radius in its own norm, pixel units of inputs in [0, 1]), ``eps255`` (the same radius
+    plotted in 1/255 of the pixel range: 8/255 at x = 8, as the ATLD paper writes ε) or ``l2_norm`` (the L2 norm of
+    the perturbation, one axis for both attacks: L2 attacks at ε = x, L∞ attacks at ε∞ = x/√d with d the input's
+    dimension, so that the sign perturbation of FGSM has L2 norm x before clipping to [0, 1]). levels: paper dataset
+    -> the radii, written in the unit of ``x`` (``l2_norm``: L2 norms; ``eps``/``eps255``: L∞ radii in pixel units,
+    ``8/255`` allowed); a dataset not listed keeps the profile's ``eval.eps_grid`` / ``l2_grid``."""
+
+    x: XUnit = "eps"
+    levels: dict[str, list[Annotated[Number, Field(ge=0)]]] = Field(default_factory=dict)
+
+    @field_validator("levels")
+    @classmethod
+    def _paper_datasets(cls, v: dict[str, list[float]]) -> dict[str, list[float]]:
+        bad = [d for d in v if d not in PAPER_DATASETS]
+        if bad:
+            raise ValueError(f"levels: unknown paper dataset(s) {bad}; one of {', '.join(PAPER_DATASETS)}")
+        return v
+
+
 class FigureSpec(_Strict):
     """kind: ``curves`` (accuracy vs ε of ``attacks`` ⊂ {fgsm, l2grad}, suite curves), ``budget`` (accuracy vs ε
     of ``attacks`` ⊂ {pgd, cw}, suite budget), ``epochs`` (train/test error per epoch of the retrains; one panel per
     pair in ``pairs``), ``epochs_to_reach`` (first epoch whose test accuracy reaches each of ``thresholds`` %),
     ``bars`` (accuracy under ``attacks`` of suite whitebox, one group per attack). One panel per setting (× attack
-    for curves/budget)."""
+    for curves/budget). axis: curves/budget only, the radii run and where they are plotted (``FigureAxis``)."""
 
     name: str = Field(pattern=NAME)
     title: str
@@ -211,6 +236,7 @@ class FigureSpec(_Strict):
     seeds: list[int] | None = None
     selection: Selection | None = None  # None: robust for kinds curves, budget and bars (accuracy under attack)
     robust_attack: RobustAttack | None = None  # robust selection's attack; None: the profile's robust_val.attack
+    axis: FigureAxis = Field(default_factory=FigureAxis)  # curves/budget: the radii run and their x positions
 
     @property
     def reports_robust(self) -> bool:

@@ -72,7 +72,8 @@ def test_laptop_drops_unavailable_columns_and_stands_in_for_tables_without_any()
     assert any("stands in for CIFAR-10" in f for f in wb.footnotes)
     assert all("reduced budget" in x.title for x in plan.tables + plan.figures)
     budget = next(f for f in plan.figures if f.spec.name == "atld_budget")
-    assert budget.footnotes == ["mnist5k stands in for CIFAR-10 (not available in this profile)."]
+    assert budget.footnotes == ["mnist5k stands in for CIFAR-10 (not available in this profile).",
+                                "CIFAR-100 panel not computed in this profile (data not available here)."]
     noise = next(f for f in plan.figures if f.spec.name == "ater_noise")  # MNIST panel kept, CIFAR-10 one dropped
     assert [s.header for s in noise.settings] == ["mnist5k"]
     assert noise.footnotes == ["CIFAR-10 panel not computed in this profile (data not available here)."]

@@ -1,0 +1,94 @@
+"""The x axes of the papers' accuracy-vs-noise figures: the radii the plan evaluates and where render plots them.
+
+ATER Fig. 2 plots FGSM and the L2 gradient attack against one "noise level" (the L2 norm of the perturbation, 0..8
+on MNIST); ATLD Fig. 5 plots PGD/CW against ε in 1/255 of the pixel range up to 20. Before ``FigureAxis`` the
+figures ran the profile's grids and plotted ε in pixel units, so these tests fail under the old behaviour.
+"""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pipelines.figures import figure_csv
+from pipelines.plan import make_plan
+from pipelines.render import Results, build_figure
+from pipelines.spec import load_pipeline_spec
+from pipelines.store import Selection
+from robust_core.attacks.suites import SUITES
+from robust_core.config import RunConfig
+
+LEVELS = [0, 2, 4, 8]
+SPEC = {
+    "name": "ax", "tracking": {"uri": "sqlite:///unused.db"}, "seeds": [0], "sweep": {"mode": "defaults"},
+    "datasets": {"mnist": {"name": "mnist5k", "display": "mnist5k", "eval": {"steps": [5]}},
+                 "cifar10": {"name": "cifar10", "display": "CIFAR-10", "eval": {"steps": [5]}}},
+    "methods": {"mle": {"method": "mle"}},
+    "tables": [],
+    "figures": [
+        {"name": "noise", "title": "noise", "kind": "curves", "settings": [{"dataset": "mnist"}],
+         "rows": [{"label": "MLE", "method": "mle"}], "attacks": ["fgsm", "l2grad"],
+         "axis": {"x": "l2_norm", "levels": {"mnist": LEVELS}}},
+        {"name": "budget", "title": "budget", "kind": "budget", "settings": [{"dataset": "cifar10"}],
+         "rows": [{"label": "MLE", "method": "mle"}], "attacks": ["pgd-20"],
+         "axis": {"x": "eps255", "levels": {"cifar10": ["4/255", "20/255"]}}},
+    ],
+}
+
+
+def _results(tmp_path) -> Results:
+    p = tmp_path / "ax.yaml"
+    p.write_text(yaml.safe_dump(SPEC, allow_unicode=True))
+    plan = make_plan(load_pipeline_spec(p))
+    sel = {s: Selection(s, "", "", "defaults (no sweep)", float("nan"), RunConfig()) for s in plan.sources}
+    retrains = {k: {"run_id": f"r-{k.seed}", "metrics": {}} for k in plan.retrains}
+    evals = {}
+    for key, u in plan.evals.items():  # one record per step the suite runs, accuracy falling with the radius
+        recs = [{"suite": u.suite, "key": str(st.key), "label": str(st.key), "attack": type(st.attack).__name__, "source": None,
+                 "eps": st.attack.eps, "norm": st.attack.norm, "accuracy": 1 / (1 + st.attack.eps), "flags": [],
+                 "options": {}} for st in SUITES.get(u.suite).steps(u.settings, ())]
+        evals[key] = {"run_id": f"e-{u.suite}", "records": recs, "audit": []}
+    return Results(plan, sel, retrains, evals)
+
+
+def test_noise_level_axis_runs_fgsm_at_the_same_l2_norm_and_plots_the_papers_levels(tmp_path):
+    r = _results(tmp_path)
+    (u,) = [u for u in r.plan.evals.values() if u.suite == "curves"]
+    assert u.settings.l2_curve == tuple(LEVELS)
+    assert u.settings.linf_grid == pytest.approx([x / 28 for x in LEVELS])  # mnist: d = 784, √d = 28
+    fig = build_figure(r, r.plan.figures[0])
+    assert len(fig.panels) == 2  # FGSM, then the L2 gradient attack
+    for p in fig.panels:
+        assert p.xlabel.startswith("noise level: L2 norm of the perturbation (inputs in [0, 1])")
+        (s,) = p.series
+        assert s.x == tuple(float(x) for x in LEVELS)  # the paper's x positions, for both attacks
+    assert "FGSM at ε∞ = level/√784" in fig.panels[0].xlabel
+    fgsm = [ln for ln in figure_csv(fig).splitlines() if ",MLE," in ln][:len(LEVELS)]
+    assert [float(ln.split(",")[5]) for ln in fgsm] == pytest.approx([100 / (1 + x / 28) for x in LEVELS])
+
+
+def test_budget_axis_in_255ths_runs_the_figures_radii(tmp_path):
+    r = _results(tmp_path)
+    (u,) = [u for u in r.plan.evals.values() if u.suite == "budget"]
+    assert u.settings.linf_grid == pytest.approx([4 / 255, 20 / 255])
+    fig = build_figure(r, r.plan.figures[1])
+    (p,) = fig.panels
+    assert p.xlabel == "ε (L∞, in 1/255 of the pixel range)"
+    assert p.series[0].x == (4.0, 20.0)
+
+
+def test_an_axis_level_for_an_unknown_dataset_is_refused(tmp_path):
+    bad = {**SPEC, "figures": [{**SPEC["figures"][0], "axis": {"x": "l2_norm", "levels": {"mnsit": [1]}}}]}
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(bad, allow_unicode=True))
+    with pytest.raises(Exception, match="mnsit"):
+        load_pipeline_spec(p)
+
+
+def test_default_axis_keeps_the_profiles_grid_in_pixel_units(tmp_path):
+    plain = {**SPEC, "figures": [{**SPEC["figures"][0], "axis": {}}]}
+    p = tmp_path / "plain.yaml"
+    p.write_text(yaml.safe_dump(plain, allow_unicode=True))
+    plan = make_plan(load_pipeline_spec(p))
+    (u,) = plan.evals.values()
+    assert u.settings.linf_grid == (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)  # mnist5k's defaults, unchanged
+    assert plan.figures[0].x_scale == {}
