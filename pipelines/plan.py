@@ -134,6 +134,7 @@ class ResolvedFigure:
     attacks: list[AttackKey]
     footnotes: list[str]
     x_scale: dict[tuple[str, str], float] = field(default_factory=dict)  # (setting key, norm) -> x per unit of ε
+    thresholds: dict[str, list[float]] = field(default_factory=dict)  # epochs_to_reach: setting key -> accuracies %
 
 
 @dataclass
@@ -446,16 +447,19 @@ class Planner:
         suffix = f" ({self.spec.title_suffix})" if self.spec.title_suffix else ""
         foot: list[str] = []
         settings = []
+        thresholds: dict[str, list[float]] = {}
         for st in f.settings:
             s = self.setting(st.dataset, st.labels)
             if s is None:
                 foot.append(f"{display(st.dataset)} panel not computed in this profile (data not available here).")
             else:
                 settings.append(s)
+                thresholds[s.key] = st.thresholds or f.thresholds
         if not settings and self.spec.stand_in is not None:
             s = self.setting(f.settings[0].dataset, f.settings[0].labels, stand_in=True)
             if s is not None:
                 settings = [s]
+                thresholds[s.key] = f.settings[0].thresholds or f.thresholds
                 first = display(f.settings[0].dataset)
                 foot = [x for x in foot if not x.startswith(f"{first} panel")]
                 foot.insert(0, f"{s.display} stands in for {first} (not available in this profile).")
@@ -476,7 +480,7 @@ class Planner:
             self.check_attack(f"figures.{f.name}: attack {a}", suite, a,
                               axis_settings(f, settings[0], self.eval_settings(settings[0])))
         x_scale = {(s.key, norm): v for s in settings for norm, v in axis_scale(f, s).items()}
-        return ResolvedFigure(f, f.title + suffix, settings, rows, evals, seeds, attacks, foot, x_scale)
+        return ResolvedFigure(f, f.title + suffix, settings, rows, evals, seeds, attacks, foot, x_scale, thresholds)
 
 
 def make_plan(spec: PipelineSpec, only: str | None = None) -> Plan:

@@ -264,9 +264,10 @@ def build_figure(r: Results, rf: ResolvedFigure) -> Figure:
         elif f.kind == "epochs_to_reach":
             series: list[Series] = []
             never: list[str] = []
+            thresholds = rf.thresholds.get(s.key, f.thresholds)
             for row in f.rows:
                 groups = []
-                for thr in f.thresholds:
+                for thr in thresholds:
                     eps_needed = []
                     keys = rf.rows[(row.label, s.key)]
                     for k in keys:
@@ -279,7 +280,7 @@ def build_figure(r: Results, rf: ResolvedFigure) -> Figure:
                     groups.append(eps_needed)
                 series.append(_bar_series(row.label, groups))
             panels.append(Panel(s.header, "test accuracy reached (%)", "epochs needed", tuple(series), kind="bar",
-                                xticklabels=tuple(f"{t:g}" for t in f.thresholds)))
+                                xticklabels=tuple(f"{t:g}" for t in thresholds)))
             if never:
                 flags.append(f"{s.header}: not reached within the budget (bars average the seeds that reached it; "
                              "no bar when none did): " + ", ".join(never))

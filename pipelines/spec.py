@@ -188,8 +188,12 @@ FigureKind = Literal["curves", "budget", "epochs", "epochs_to_reach", "bars"]
 
 
 class SettingSpec(_Strict):
+    """One panel of a figure: a paper dataset (with its label count). thresholds: epochs_to_reach only, this panel's
+    test accuracies in % (None: the figure's ``thresholds``), e.g. FAT Fig. 3's 98 / 90 / 80 % per dataset."""
+
     dataset: str
     labels: int | None = Field(None, ge=1)
+    thresholds: list[float] | None = None
 
 
 XUnit = Literal["eps", "eps255", "l2_norm"]
@@ -403,8 +407,11 @@ def cross_problems(spec: PipelineSpec) -> list[str]:
                     for lab in pair:
                         if lab not in labels:
                             p.append(f"{where}: pairs names {lab!r}, not a row label")
-                if t.kind == "epochs_to_reach" and not t.thresholds:
-                    p.append(f"{where}: kind epochs_to_reach needs `thresholds:` (test accuracies in %)")
+                if t.kind == "epochs_to_reach" and not t.thresholds and not all(s.thresholds for s in t.settings):
+                    p.append(f"{where}: kind epochs_to_reach needs `thresholds:` (test accuracies in %), for the "
+                             "figure or for each of its settings")
+                if t.kind != "epochs_to_reach" and any(s.thresholds is not None for s in t.settings):
+                    p.append(f"{where}: a setting's `thresholds:` is for kind epochs_to_reach only")
                 if t.kind in ("curves", "budget", "bars") and not t.attacks:
                     p.append(f"{where}: kind {t.kind} needs `attacks:`")
                 for s in t.settings:

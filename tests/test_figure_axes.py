@@ -92,3 +92,33 @@ def test_default_axis_keeps_the_profiles_grid_in_pixel_units(tmp_path):
     (u,) = plan.evals.values()
     assert u.settings.linf_grid == (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)  # mnist5k's defaults, unchanged
     assert plan.figures[0].x_scale == {}
+
+
+def test_epochs_to_reach_thresholds_per_panel(tmp_path):
+    """FAT Fig. 3: one pre-specified accuracy per panel (98 % MNIST (100), 90 % SVHN (1000), 80 % CIFAR-10 (4000))."""
+    spec = {"name": "fat", "tracking": {"uri": "sqlite:///unused.db"}, "seeds": [0], "sweep": {"mode": "defaults"},
+            "datasets": {"mnist": {"name": "mnist5k", "display": "mnist5k"},
+                         "cifar10": {"name": "cifar10", "display": "CIFAR-10"}},
+            "methods": {"vat": {"method": "vat"}}, "tables": [],
+            "figures": [{"name": "reach", "title": "reach", "kind": "epochs_to_reach",
+                         "rows": [{"label": "VAT", "method": "vat"}],
+                         "settings": [{"dataset": "mnist", "labels": 100, "thresholds": [98]},
+                                      {"dataset": "cifar10", "labels": 4000, "thresholds": [80]}]}]}
+    p = tmp_path / "fat.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    plan = make_plan(load_pipeline_spec(p))
+    retrains = {k: {"run_id": f"r-{k.source}", "metrics": {}} for k in plan.retrains}
+    curve = {1: 0.70, 2: 0.85, 3: 0.985}
+    history = {(v["run_id"], "test_acc"): curve for v in retrains.values()}
+    sel = {s: Selection(s, "", "", "defaults (no sweep)", float("nan"), RunConfig()) for s in plan.sources}
+    fig = build_figure(Results(plan, sel, retrains, history=history), plan.figures[0])
+    assert [(p.title, p.xticklabels, p.series[0].y) for p in fig.panels] == [
+        ("mnist5k (100)", ("98",), (3.0,)), ("CIFAR-10 (4000)", ("80",), (2.0,))]
+
+
+def test_setting_thresholds_only_for_epochs_to_reach(tmp_path):
+    bad = {**SPEC, "figures": [{**SPEC["figures"][1], "settings": [{"dataset": "cifar10", "thresholds": [80]}]}]}
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(bad, allow_unicode=True))
+    with pytest.raises(Exception, match="for kind epochs_to_reach only"):
+        load_pipeline_spec(p)
