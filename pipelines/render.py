@@ -177,13 +177,17 @@ def _bar_series(label: str, groups: list[list[float]]) -> Series:
                   tuple(b for _, b in agg))
 
 
-HISTORY_KEYS = {"epochs": ("train_acc", "test_acc"), "epochs_to_reach": ("test_acc",)}  # per figure kind
+def history_keys(f) -> tuple[str, ...]:
+    """The per-epoch metrics a figure plots (``FigureSpec``): its epoch curves, or the test accuracy it reaches."""
+    if f.kind == "epochs":
+        return tuple(f"{c}_acc" for c in f.epoch_curves)
+    return ("test_acc",) if f.kind == "epochs_to_reach" else ()
 
 
 def history_needed(plan: Plan, retrains: Mapping[RetrainKey, Mapping[str, Any]]) -> list[tuple[str, str]]:
     """(run id, metric) of every per-epoch history the plan's figures plot: what the runner fetches for ``Results``."""
     return list(dict.fromkeys((retrains[k]["run_id"], key) for rf in plan.figures
-                              for key in HISTORY_KEYS.get(rf.spec.kind, ()) for ks in rf.rows.values() for k in ks))
+                              for key in history_keys(rf.spec) for ks in rf.rows.values() for k in ks))
 
 
 def axis_label(x: str, norms: set[str], dataset: str) -> str:
@@ -251,16 +255,20 @@ def build_figure(r: Results, rf: ResolvedFigure) -> Figure:
             for pair in (f.pairs or [[row.label for row in f.rows]]):
                 series = []
                 for lab in pair:
-                    for key, name, style in (("train_acc", "train", "dashed"), ("test_acc", "test", "solid")):
+                    for name, style in (("train", "dashed"), ("test", "solid")):
+                        if name not in f.epoch_curves:
+                            continue
                         per_epoch: dict[int, list[float]] = {}
                         for k in rf.rows[(lab, s.key)]:
-                            for ep, v in _history(r, k, key).items():
-                                per_epoch.setdefault(ep, []).append((1 - v) * 100)
+                            for ep, v in _history(r, k, f"{name}_acc").items():
+                                per_epoch.setdefault(ep, []).append((1 - v if f.epoch_y == "error" else v) * 100)
                         xs = sorted(per_epoch)
                         agg = [_agg(per_epoch[x]) for x in xs]
-                        series.append(Series(f"{lab} {name}", tuple(float(x) for x in xs),
-                                             tuple(a for a, _ in agg), tuple(b for _, b in agg), style))
-                panels.append(Panel(f"{s.header}: {' vs '.join(pair)}", "epoch", "error (%)", tuple(series)))
+                        series.append(Series(f"{lab} {name}" if len(f.epoch_curves) > 1 else lab,
+                                             tuple(float(x) for x in xs), tuple(a for a, _ in agg),
+                                             tuple(b for _, b in agg), style))
+                ylabel = ("" if len(f.epoch_curves) > 1 else f"{f.epoch_curves[0]} ") + f"{f.epoch_y} (%)"
+                panels.append(Panel(f"{s.header}: {' vs '.join(pair)}", "epoch", ylabel, tuple(series)))
         elif f.kind == "epochs_to_reach":
             series: list[Series] = []
             never: list[str] = []

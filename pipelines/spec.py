@@ -223,8 +223,8 @@ class FigureAxis(_Strict):
 
 class FigureSpec(_Strict):
     """kind: ``curves`` (accuracy vs ε of ``attacks`` ⊂ {fgsm, l2grad}, suite curves), ``budget`` (accuracy vs ε
-    of ``attacks`` ⊂ {pgd, cw}, suite budget), ``epochs`` (train/test error per epoch of the retrains; one panel per
-    pair in ``pairs``), ``epochs_to_reach`` (first epoch whose test accuracy reaches each of ``thresholds`` %),
+    of ``attacks`` ⊂ {pgd, cw}, suite budget), ``epochs`` (per epoch of the retrains, the ``epoch_curves`` (train, test) as
+    ``epoch_y`` (error or accuracy, %); one panel per pair in ``pairs``, else one for all rows), ``epochs_to_reach`` (first epoch whose test accuracy reaches each of ``thresholds`` %),
     ``bars`` (accuracy under ``attacks`` of suite whitebox, one group per attack). One panel per setting (× attack
     for curves/budget). axis: curves/budget only, the radii run and where they are plotted (``FigureAxis``)."""
 
@@ -236,6 +236,8 @@ class FigureSpec(_Strict):
     settings: list[SettingSpec] = Field(min_length=1)
     attacks: list[AttackField] = Field(default_factory=list)
     pairs: list[list[str]] = Field(default_factory=list)  # epochs: row labels shown together
+    epoch_curves: list[Literal["train", "test"]] = Field(default_factory=lambda: ["train", "test"], min_length=1)
+    epoch_y: Literal["error", "accuracy"] = "error"  # epochs: what is plotted per epoch, in %
     thresholds: list[float] = Field(default_factory=list)  # epochs_to_reach: test accuracies in %
     seeds: list[int] | None = None
     selection: Selection | None = None  # None: robust for kinds curves, budget and bars (accuracy under attack)
@@ -410,6 +412,8 @@ def cross_problems(spec: PipelineSpec) -> list[str]:
                 if t.kind == "epochs_to_reach" and not t.thresholds and not all(s.thresholds for s in t.settings):
                     p.append(f"{where}: kind epochs_to_reach needs `thresholds:` (test accuracies in %), for the "
                              "figure or for each of its settings")
+                if t.kind != "epochs" and {"epoch_curves", "epoch_y"} & t.model_fields_set:
+                    p.append(f"{where}: `epoch_curves:` and `epoch_y:` are for kind epochs only")
                 if t.kind != "epochs_to_reach" and any(s.thresholds is not None for s in t.settings):
                     p.append(f"{where}: a setting's `thresholds:` is for kind epochs_to_reach only")
                 if t.kind in ("curves", "budget", "bars") and not t.attacks:

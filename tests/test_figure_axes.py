@@ -11,7 +11,7 @@ import yaml
 
 from pipelines.figures import figure_csv
 from pipelines.plan import make_plan
-from pipelines.render import Results, build_figure
+from pipelines.render import Results, build_figure, history_needed
 from pipelines.spec import load_pipeline_spec
 from pipelines.store import Selection
 from robust_core.attacks.suites import SUITES
@@ -121,4 +121,35 @@ def test_setting_thresholds_only_for_epochs_to_reach(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(bad, allow_unicode=True))
     with pytest.raises(Exception, match="for kind epochs_to_reach only"):
+        load_pipeline_spec(p)
+
+
+def test_test_accuracy_per_epoch_figure_reads_only_the_test_history(tmp_path):
+    """FAT Fig. 2 / Shaham Fig. 5: test accuracy (not error, no train curve) per epoch, one panel for all rows."""
+    spec = {"name": "ep", "tracking": {"uri": "sqlite:///unused.db"}, "seeds": [0, 1], "sweep": {"mode": "defaults"},
+            "datasets": {"mnist": {"name": "mnist5k", "display": "mnist5k"}},
+            "methods": {"vat": {"method": "vat"}, "fat": {"method": "fat"}}, "tables": [],
+            "figures": [{"name": "acc", "title": "acc", "kind": "epochs", "settings": [{"dataset": "mnist", "labels": 20}],
+                         "rows": [{"label": "VAT", "method": "vat"}, {"label": "FAT", "method": "fat"}],
+                         "epoch_curves": ["test"], "epoch_y": "accuracy"}]}
+    p = tmp_path / "ep.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    plan = make_plan(load_pipeline_spec(p))
+    retrains = {k: {"run_id": f"r-{'fat' if 'fat' in k.source else 'vat'}-{k.seed}", "metrics": {}}
+                for k in plan.retrains}
+    assert {key for _, key in history_needed(plan, retrains)} == {"test_acc"}  # no train history fetched
+    history = {(f"r-{m}-{sd}", "test_acc"): {1: 0.5 + 0.1 * sd + (0.2 if m == "fat" else 0), 2: 0.9}
+               for m in ("vat", "fat") for sd in (0, 1)}
+    fig = build_figure(Results(plan, {}, retrains, history=history), plan.figures[0])
+    (panel,) = fig.panels
+    assert (panel.title, panel.ylabel) == ("mnist5k (20): VAT vs FAT", "test accuracy (%)")
+    assert [(s.label, s.x, s.y) for s in panel.series] == [
+        ("VAT", (1.0, 2.0), pytest.approx((55.0, 90.0))), ("FAT", (1.0, 2.0), pytest.approx((75.0, 90.0)))]
+
+
+def test_epoch_curves_only_for_kind_epochs(tmp_path):
+    bad = {**SPEC, "figures": [{**SPEC["figures"][1], "epoch_y": "accuracy"}]}
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(bad, allow_unicode=True))
+    with pytest.raises(Exception, match="for kind epochs only"):
         load_pipeline_spec(p)

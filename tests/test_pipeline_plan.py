@@ -16,7 +16,8 @@ PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 CATALOG_TABLES = {"xvat_ssl", "xvat_supervised", "xvat_time", "ater_supervised", "vater_ssl", "fat_ssl",
                   "fat_sensitivity", "fat_time", "atld_whitebox", "atld_transfer", "atld_autoattack", "atld_adaptive",
                   "shaham_fixed_set"}
-CATALOG_FIGURES = {"ater_noise", "ater_epochs", "fat_epochs_to_reach", "atld_ablation", "atld_budget", "shaham_fgsm"}
+CATALOG_FIGURES = {"ater_noise", "ater_epochs", "fat_test_accuracy", "fat_epochs_to_reach", "atld_ablation",
+                   "atld_budget", "shaham_fgsm", "shaham_epochs"}
 
 
 def _profile(tmp_path, **over) -> Path:
