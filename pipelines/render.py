@@ -30,13 +30,15 @@ class Results:
 
     ``retrains``: retrain key -> {"run_id", "metrics": final metrics}; ``evals``: evaluation key -> {"run_id",
     "records": record dicts, "audit"}; ``history``: (run id, metric) -> {epoch: value} for every pair
-    ``history_needed`` names; ``counts``: trained, reused, evaluated, evals_reused (for the index).
+    ``history_needed`` names; ``weights``: run id -> {layer: flat array of its weights} of every run
+    ``weights_needed`` names (``pipelines.store.layer_weights``); ``counts``: trained, reused, evaluated, evals_reused (for the index).
     """
     plan: Plan
     selections: Mapping[str, Selection]
     retrains: Mapping[RetrainKey, Mapping[str, Any]]
     evals: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     history: Mapping[tuple[str, str], Mapping[int, float]] = field(default_factory=dict)
+    weights: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # run id -> layer -> flat weights
     pipeline_run_id: str = ""
     tracking_uri: str = ""
     experiment: str = ""
@@ -204,6 +206,48 @@ def axis_label(x: str, norms: set[str], dataset: str) -> str:
     return f"ε ({norm}, pixel units)"
 
 
+def weights_needed(plan: Plan, retrains: Mapping[RetrainKey, Mapping[str, Any]]) -> list[str]:
+    """Run ids of the retrains whose weights the plan's ``weights`` figures plot."""
+    return list(dict.fromkeys(retrains[k]["run_id"] for rf in plan.figures if rf.spec.kind == "weights"
+                              for ks in rf.rows.values() for k in ks))
+
+
+WEIGHT_BINS = 50  # histogram bins per layer, over the range of that layer's weights in all rows and seeds
+
+
+def _weight_panels(r: Results, rf: ResolvedFigure, s) -> list[Panel]:
+    """One panel per layer: for each row, the share of the layer's weights in each bin (%), mean ± std over seeds;
+    the bins span that layer's weights over every row and seed, so the rows' histograms are comparable."""
+    import numpy as np
+
+    f = rf.spec
+    runs = {row.label: [r.retrains[k]["run_id"] for k in rf.rows[(row.label, s.key)]] for row in f.rows}
+    first = r.weights[next(iter(runs.values()))[0]]
+    layers = f.layers or list(first)
+    panels = []
+    for layer in layers:
+        per_row: dict[str, list[Any]] = {}
+        for lab, ids in runs.items():
+            for run_id in ids:
+                w = r.weights.get(run_id, {}).get(layer)
+                if w is None:
+                    raise KeyError(f"figure {f.name}: no weights of layer {layer!r} of retrain run {run_id} (its "
+                                   f"conv/linear layers: {', '.join(r.weights.get(run_id, {})) or 'none fetched'})")
+                per_row.setdefault(lab, []).append(np.asarray(w, dtype=np.float64))
+        lo = min(float(w.min()) for ws in per_row.values() for w in ws)
+        hi = max(float(w.max()) for ws in per_row.values() for w in ws)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, WEIGHT_BINS + 1)
+        centres = tuple(round(float(c), 6) for c in (edges[:-1] + edges[1:]) / 2)
+        series = []
+        for lab, ws in per_row.items():
+            shares = [np.histogram(w, edges)[0] / w.size * 100 for w in ws]
+            agg = [_agg([float(h[i]) for h in shares]) for i in range(WEIGHT_BINS)]
+            series.append(Series(lab, centres, tuple(a for a, _ in agg), tuple(b for _, b in agg)))
+        panels.append(Panel(f"{s.header}: {layer}", "weight value", "share of the layer's weights (%)",
+                            tuple(series)))
+    return panels
+
+
 def _history(r: Results, k: RetrainKey, key: str) -> Mapping[int, float]:
     run_id = r.retrains[k]["run_id"]
     try:
@@ -292,6 +336,8 @@ def build_figure(r: Results, rf: ResolvedFigure) -> Figure:
             if never:
                 flags.append(f"{s.header}: not reached within the budget (bars average the seeds that reached it; "
                              "no bar when none did): " + ", ".join(never))
+        elif f.kind == "weights":
+            panels += _weight_panels(r, rf, s)
     notes = list(rf.footnotes) + ([f"Paper: {f.paper}."] if f.paper else [])
     notes += [x if "not reached within the budget" in x else _audit_note(x) for x in dict.fromkeys(flags)]
     notes.append(f"Mean ± sample std over seeds {rf.seeds}.")
@@ -434,4 +480,4 @@ def _lineage(r: Results, ref: CellRef) -> dict[str, Any]:
 
 
 __all__ = ["Rendered", "Results", "build_figure", "build_table", "find_record", "history_needed", "render",
-           "render_index"]
+           "render_index", "weights_needed"]

@@ -184,7 +184,7 @@ class TableSpec(_Strict):
         return any(c.value == "attack" and c.attack is not None and c.attack.name != "clean" for c in self.columns)
 
 
-FigureKind = Literal["curves", "budget", "epochs", "epochs_to_reach", "bars"]
+FigureKind = Literal["curves", "budget", "epochs", "epochs_to_reach", "bars", "weights"]
 
 
 class SettingSpec(_Strict):
@@ -225,7 +225,9 @@ class FigureSpec(_Strict):
     """kind: ``curves`` (accuracy vs ε of ``attacks`` ⊂ {fgsm, l2grad}, suite curves), ``budget`` (accuracy vs ε
     of ``attacks`` ⊂ {pgd, cw}, suite budget), ``epochs`` (per epoch of the retrains, the ``epoch_curves`` (train, test) as
     ``epoch_y`` (error or accuracy, %); one panel per pair in ``pairs``, else one for all rows), ``epochs_to_reach`` (first epoch whose test accuracy reaches each of ``thresholds`` %),
-    ``bars`` (accuracy under ``attacks`` of suite whitebox, one group per attack). One panel per setting (× attack
+    ``bars`` (accuracy under ``attacks`` of suite whitebox, one group per attack), ``weights`` (histograms of the
+    retrained classifiers' weights, one panel per layer in ``layers``: state-dict names, default every conv and
+    linear weight). One panel per setting (× attack
     for curves/budget). axis: curves/budget only, the radii run and where they are plotted (``FigureAxis``)."""
 
     name: str = Field(pattern=NAME)
@@ -238,6 +240,7 @@ class FigureSpec(_Strict):
     pairs: list[list[str]] = Field(default_factory=list)  # epochs: row labels shown together
     epoch_curves: list[Literal["train", "test"]] = Field(default_factory=lambda: ["train", "test"], min_length=1)
     epoch_y: Literal["error", "accuracy"] = "error"  # epochs: what is plotted per epoch, in %
+    layers: list[str] = Field(default_factory=list)  # weights: state-dict names of the layers; [] = every conv/linear
     thresholds: list[float] = Field(default_factory=list)  # epochs_to_reach: test accuracies in %
     seeds: list[int] | None = None
     selection: Selection | None = None  # None: robust for kinds curves, budget and bars (accuracy under attack)
@@ -412,6 +415,8 @@ def cross_problems(spec: PipelineSpec) -> list[str]:
                 if t.kind == "epochs_to_reach" and not t.thresholds and not all(s.thresholds for s in t.settings):
                     p.append(f"{where}: kind epochs_to_reach needs `thresholds:` (test accuracies in %), for the "
                              "figure or for each of its settings")
+                if t.kind != "weights" and t.layers:
+                    p.append(f"{where}: `layers:` is for kind weights only")
                 if t.kind != "epochs" and {"epoch_curves", "epoch_y"} & t.model_fields_set:
                     p.append(f"{where}: `epoch_curves:` and `epoch_y:` are for kind epochs only")
                 if t.kind != "epochs_to_reach" and any(s.thresholds is not None for s in t.settings):

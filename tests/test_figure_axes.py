@@ -6,6 +6,8 @@ figures ran the profile's grids and plotted ε in pixel units, so these tests fa
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import yaml
 
@@ -153,3 +155,39 @@ def test_epoch_curves_only_for_kind_epochs(tmp_path):
     p.write_text(yaml.safe_dump(bad, allow_unicode=True))
     with pytest.raises(Exception, match="for kind epochs only"):
         load_pipeline_spec(p)
+
+
+def test_weight_histograms_from_known_weights(tmp_path):
+    """xAT/xVAT Fig. 6: per layer, each row's share of weights per bin over shared bins (mean ± std over seeds)."""
+    import torch
+
+    from pipelines.render import weights_needed
+    from pipelines.store import layer_weights
+
+    spec = {"name": "w", "tracking": {"uri": "sqlite:///unused.db"}, "seeds": [0, 1], "sweep": {"mode": "defaults"},
+            "datasets": {"mnist": {"name": "mnist5k", "display": "mnist5k"}},
+            "methods": {"mle": {"method": "mle"}, "vat": {"method": "vat"}}, "tables": [],
+            "figures": [{"name": "w", "title": "w", "kind": "weights", "settings": [{"dataset": "mnist"}],
+                         "rows": [{"label": "MLE", "method": "mle"}, {"label": "VAT", "method": "vat"}]}]}
+    p = tmp_path / "w.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    plan = make_plan(load_pipeline_spec(p))
+    retrains = {k: {"run_id": f"r-{'vat' if 'vat' in k.source else 'mle'}-{k.seed}", "metrics": {}}
+                for k in plan.retrains}
+    assert sorted(weights_needed(plan, retrains)) == ["r-mle-0", "r-mle-1", "r-vat-0", "r-vat-1"]
+    # MLE's 4 weights all at -1 (seed 0) or half at -1, half at 1 (seed 1); VAT's all at 1; a BN scale is left out
+    vals = {"r-mle-0": [-1.0, -1, -1, -1], "r-mle-1": [-1.0, -1, 1, 1], "r-vat-0": [1.0, 1, 1, 1],
+            "r-vat-1": [1.0, 1, 1, 1]}
+    weights = {rid: layer_weights({"fc.weight": torch.tensor(v).reshape(2, 2), "bn.weight": torch.ones(2),
+                                   "fc.bias": torch.zeros(2)}) for rid, v in vals.items()}
+    assert list(weights["r-mle-0"]) == ["fc.weight"]
+    fig = build_figure(Results(plan, {}, retrains, weights=weights), plan.figures[0])
+    (panel,) = fig.panels
+    assert panel.title == "mnist5k: fc.weight" and panel.xlabel == "weight value"
+    mle, vat = panel.series
+    assert len(mle.x) == 50 and mle.x[0] == pytest.approx(-1 + 1 / 50) and mle.x[-1] == pytest.approx(1 - 1 / 50)
+    assert (mle.y[0], mle.y[-1], sum(mle.y)) == pytest.approx((75.0, 25.0, 100.0))  # (100 + 50) / 2, (0 + 50) / 2
+    assert (mle.yerr[0], vat.y[-1], vat.yerr[-1]) == pytest.approx((35.355339, 100.0, 0.0))
+    named = plan.figures[0].spec.model_copy(update={"layers": ["fc.bias"]})
+    with pytest.raises(KeyError, match="no weights of layer 'fc.bias' of retrain run r-mle-0"):
+        build_figure(Results(plan, {}, retrains, weights=weights), replace(plan.figures[0], spec=named))

@@ -17,7 +17,7 @@ CATALOG_TABLES = {"xvat_ssl", "xvat_supervised", "xvat_time", "ater_supervised",
                   "fat_sensitivity", "fat_time", "atld_whitebox", "atld_transfer", "atld_autoattack", "atld_adaptive",
                   "shaham_fixed_set"}
 CATALOG_FIGURES = {"ater_noise", "ater_epochs", "fat_test_accuracy", "fat_epochs_to_reach", "atld_ablation",
-                   "atld_budget", "shaham_fgsm", "shaham_epochs"}
+                   "atld_budget", "shaham_fgsm", "shaham_epochs", "xvat_weights"}
 
 
 def _profile(tmp_path, **over) -> Path:
