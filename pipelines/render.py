@@ -31,7 +31,8 @@ class Results:
     ``retrains``: retrain key -> {"run_id", "metrics": final metrics}; ``evals``: evaluation key -> {"run_id",
     "records": record dicts, "audit"}; ``history``: (run id, metric) -> {epoch: value} for every pair
     ``history_needed`` names; ``weights``: run id -> {layer: flat array of its weights} of every run
-    ``weights_needed`` names (``pipelines.store.layer_weights``); ``counts``: trained, reused, evaluated, evals_reused (for the index).
+    ``weights_needed`` names (``pipelines.store.layer_weights``); ``counts``: trained, reused, evaluated,
+    evals_reused (for the index).
     """
     plan: Plan
     selections: Mapping[str, Selection]

@@ -205,8 +205,8 @@ class FigureAxis(_Strict):
     x: ``eps`` (each attack's radius in its own norm, pixel units of inputs in [0, 1]), ``eps255`` (the same radius
     plotted in 1/255 of the pixel range: 8/255 at x = 8, as the ATLD paper writes ε) or ``l2_norm`` (the L2 norm of
     the perturbation, one axis for both attacks: L2 attacks at ε = x, L∞ attacks at ε∞ = x/√d with d the input's
-    dimension, so that the sign perturbation of FGSM has L2 norm x before clipping to [0, 1]). levels: paper dataset
-    -> the radii, written in the unit of ``x`` (``l2_norm``: L2 norms; ``eps``/``eps255``: L∞ radii in pixel units,
+    dimension, so that the sign perturbation of FGSM has L2 norm x before clipping to [0, 1]). levels: paper
+    dataset -> the radii, written in the unit of ``x`` (``l2_norm``: L2 norms; ``eps``/``eps255``: L∞ radii in pixel units,
     ``8/255`` allowed); a dataset not listed keeps the profile's ``eval.eps_grid`` / ``l2_grid``."""
 
     x: XUnit = "eps"
@@ -223,12 +223,13 @@ class FigureAxis(_Strict):
 
 class FigureSpec(_Strict):
     """kind: ``curves`` (accuracy vs ε of ``attacks`` ⊂ {fgsm, l2grad}, suite curves), ``budget`` (accuracy vs ε
-    of ``attacks`` ⊂ {pgd, cw}, suite budget), ``epochs`` (per epoch of the retrains, the ``epoch_curves`` (train, test) as
-    ``epoch_y`` (error or accuracy, %); one panel per pair in ``pairs``, else one for all rows), ``epochs_to_reach`` (first epoch whose test accuracy reaches each of ``thresholds`` %),
+    of ``attacks`` ⊂ {pgd, cw}, suite budget), ``epochs`` (per epoch of the retrains, the ``epoch_curves`` (train,
+    test) as ``epoch_y`` (error or accuracy, %); one panel per pair in ``pairs``, else one for all rows),
+    ``epochs_to_reach`` (first epoch whose test accuracy reaches each of ``thresholds`` %, or of a setting's own),
     ``bars`` (accuracy under ``attacks`` of suite whitebox, one group per attack), ``weights`` (histograms of the
     retrained classifiers' weights, one panel per layer in ``layers``: state-dict names, default every conv and
-    linear weight). One panel per setting (× attack
-    for curves/budget). axis: curves/budget only, the radii run and where they are plotted (``FigureAxis``)."""
+    linear weight). One panel per setting (× attack for curves/budget, × layer for weights). axis: curves/budget
+    only, the radii run and where they are plotted (``FigureAxis``)."""
 
     name: str = Field(pattern=NAME)
     title: str

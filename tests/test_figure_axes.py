@@ -37,17 +37,33 @@ SPEC = {
 }
 
 
+def _spec(tmp_path, spec: dict):
+    p = tmp_path / f"{spec['name']}.yaml"
+    p.write_text(yaml.safe_dump(spec, allow_unicode=True))
+    return load_pipeline_spec(p)
+
+
+def _plan(tmp_path, name: str, datasets: dict, methods: dict, figure: dict, seeds=(0,)):
+    """The plan of a one-figure pipeline in the methods' defaults (no sweeps)."""
+    return make_plan(_spec(tmp_path, {"name": name, "tracking": {"uri": "sqlite:///unused.db"}, "seeds": list(seeds),
+                                      "sweep": {"mode": "defaults"}, "datasets": datasets,
+                                      "methods": {m: {"method": m} for m in methods}, "tables": [],
+                                      "figures": [figure]}))
+
+
+MNIST = {"mnist": {"name": "mnist5k", "display": "mnist5k"}}
+
+
 def _results(tmp_path) -> Results:
-    p = tmp_path / "ax.yaml"
-    p.write_text(yaml.safe_dump(SPEC, allow_unicode=True))
-    plan = make_plan(load_pipeline_spec(p))
+    plan = make_plan(_spec(tmp_path, SPEC))
     sel = {s: Selection(s, "", "", "defaults (no sweep)", float("nan"), RunConfig()) for s in plan.sources}
     retrains = {k: {"run_id": f"r-{k.seed}", "metrics": {}} for k in plan.retrains}
     evals = {}
     for key, u in plan.evals.items():  # one record per step the suite runs, accuracy falling with the radius
-        recs = [{"suite": u.suite, "key": str(st.key), "label": str(st.key), "attack": type(st.attack).__name__, "source": None,
-                 "eps": st.attack.eps, "norm": st.attack.norm, "accuracy": 1 / (1 + st.attack.eps), "flags": [],
-                 "options": {}} for st in SUITES.get(u.suite).steps(u.settings, ())]
+        recs = [{"suite": u.suite, "key": str(st.key), "label": str(st.key), "attack": type(st.attack).__name__,
+                 "source": None, "eps": st.attack.eps, "norm": st.attack.norm,
+                 "accuracy": 1 / (1 + st.attack.eps), "flags": [], "options": {}}
+                for st in SUITES.get(u.suite).steps(u.settings, ())]
         evals[key] = {"run_id": f"e-{u.suite}", "records": recs, "audit": []}
     return Results(plan, sel, retrains, evals)
 
@@ -80,17 +96,13 @@ def test_budget_axis_in_255ths_runs_the_figures_radii(tmp_path):
 
 def test_an_axis_level_for_an_unknown_dataset_is_refused(tmp_path):
     bad = {**SPEC, "figures": [{**SPEC["figures"][0], "axis": {"x": "l2_norm", "levels": {"mnsit": [1]}}}]}
-    p = tmp_path / "bad.yaml"
-    p.write_text(yaml.safe_dump(bad, allow_unicode=True))
     with pytest.raises(Exception, match="mnsit"):
-        load_pipeline_spec(p)
+        _spec(tmp_path, bad)
 
 
 def test_default_axis_keeps_the_profiles_grid_in_pixel_units(tmp_path):
     plain = {**SPEC, "figures": [{**SPEC["figures"][0], "axis": {}}]}
-    p = tmp_path / "plain.yaml"
-    p.write_text(yaml.safe_dump(plain, allow_unicode=True))
-    plan = make_plan(load_pipeline_spec(p))
+    plan = make_plan(_spec(tmp_path, plain))
     (u,) = plan.evals.values()
     assert u.settings.linf_grid == (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)  # mnist5k's defaults, unchanged
     assert plan.figures[0].x_scale == {}
@@ -98,45 +110,31 @@ def test_default_axis_keeps_the_profiles_grid_in_pixel_units(tmp_path):
 
 def test_epochs_to_reach_thresholds_per_panel(tmp_path):
     """FAT Fig. 3: one pre-specified accuracy per panel (98 % MNIST (100), 90 % SVHN (1000), 80 % CIFAR-10 (4000))."""
-    spec = {"name": "fat", "tracking": {"uri": "sqlite:///unused.db"}, "seeds": [0], "sweep": {"mode": "defaults"},
-            "datasets": {"mnist": {"name": "mnist5k", "display": "mnist5k"},
-                         "cifar10": {"name": "cifar10", "display": "CIFAR-10"}},
-            "methods": {"vat": {"method": "vat"}}, "tables": [],
-            "figures": [{"name": "reach", "title": "reach", "kind": "epochs_to_reach",
-                         "rows": [{"label": "VAT", "method": "vat"}],
-                         "settings": [{"dataset": "mnist", "labels": 100, "thresholds": [98]},
-                                      {"dataset": "cifar10", "labels": 4000, "thresholds": [80]}]}]}
-    p = tmp_path / "fat.yaml"
-    p.write_text(yaml.safe_dump(spec))
-    plan = make_plan(load_pipeline_spec(p))
+    plan = _plan(tmp_path, "fat", {**MNIST, "cifar10": {"name": "cifar10", "display": "CIFAR-10"}}, ["vat"],
+                 {"name": "reach", "title": "reach", "kind": "epochs_to_reach",
+                  "rows": [{"label": "VAT", "method": "vat"}],
+                  "settings": [{"dataset": "mnist", "labels": 100, "thresholds": [98]},
+                               {"dataset": "cifar10", "labels": 4000, "thresholds": [80]}]})
     retrains = {k: {"run_id": f"r-{k.source}", "metrics": {}} for k in plan.retrains}
     curve = {1: 0.70, 2: 0.85, 3: 0.985}
     history = {(v["run_id"], "test_acc"): curve for v in retrains.values()}
-    sel = {s: Selection(s, "", "", "defaults (no sweep)", float("nan"), RunConfig()) for s in plan.sources}
-    fig = build_figure(Results(plan, sel, retrains, history=history), plan.figures[0])
+    fig = build_figure(Results(plan, {}, retrains, history=history), plan.figures[0])
     assert [(p.title, p.xticklabels, p.series[0].y) for p in fig.panels] == [
         ("mnist5k (100)", ("98",), (3.0,)), ("CIFAR-10 (4000)", ("80",), (2.0,))]
 
 
 def test_setting_thresholds_only_for_epochs_to_reach(tmp_path):
     bad = {**SPEC, "figures": [{**SPEC["figures"][1], "settings": [{"dataset": "cifar10", "thresholds": [80]}]}]}
-    p = tmp_path / "bad.yaml"
-    p.write_text(yaml.safe_dump(bad, allow_unicode=True))
     with pytest.raises(Exception, match="for kind epochs_to_reach only"):
-        load_pipeline_spec(p)
+        _spec(tmp_path, bad)
 
 
 def test_test_accuracy_per_epoch_figure_reads_only_the_test_history(tmp_path):
     """FAT Fig. 2 / Shaham Fig. 5: test accuracy (not error, no train curve) per epoch, one panel for all rows."""
-    spec = {"name": "ep", "tracking": {"uri": "sqlite:///unused.db"}, "seeds": [0, 1], "sweep": {"mode": "defaults"},
-            "datasets": {"mnist": {"name": "mnist5k", "display": "mnist5k"}},
-            "methods": {"vat": {"method": "vat"}, "fat": {"method": "fat"}}, "tables": [],
-            "figures": [{"name": "acc", "title": "acc", "kind": "epochs", "settings": [{"dataset": "mnist", "labels": 20}],
-                         "rows": [{"label": "VAT", "method": "vat"}, {"label": "FAT", "method": "fat"}],
-                         "epoch_curves": ["test"], "epoch_y": "accuracy"}]}
-    p = tmp_path / "ep.yaml"
-    p.write_text(yaml.safe_dump(spec))
-    plan = make_plan(load_pipeline_spec(p))
+    plan = _plan(tmp_path, "ep", MNIST, ["vat", "fat"],
+                 {"name": "acc", "title": "acc", "kind": "epochs", "settings": [{"dataset": "mnist", "labels": 20}],
+                  "rows": [{"label": "VAT", "method": "vat"}, {"label": "FAT", "method": "fat"}],
+                  "epoch_curves": ["test"], "epoch_y": "accuracy"}, seeds=(0, 1))
     retrains = {k: {"run_id": f"r-{'fat' if 'fat' in k.source else 'vat'}-{k.seed}", "metrics": {}}
                 for k in plan.retrains}
     assert {key for _, key in history_needed(plan, retrains)} == {"test_acc"}  # no train history fetched
@@ -151,10 +149,8 @@ def test_test_accuracy_per_epoch_figure_reads_only_the_test_history(tmp_path):
 
 def test_epoch_curves_only_for_kind_epochs(tmp_path):
     bad = {**SPEC, "figures": [{**SPEC["figures"][1], "epoch_y": "accuracy"}]}
-    p = tmp_path / "bad.yaml"
-    p.write_text(yaml.safe_dump(bad, allow_unicode=True))
     with pytest.raises(Exception, match="for kind epochs only"):
-        load_pipeline_spec(p)
+        _spec(tmp_path, bad)
 
 
 def test_weight_histograms_from_known_weights(tmp_path):
@@ -164,14 +160,9 @@ def test_weight_histograms_from_known_weights(tmp_path):
     from pipelines.render import weights_needed
     from pipelines.store import layer_weights
 
-    spec = {"name": "w", "tracking": {"uri": "sqlite:///unused.db"}, "seeds": [0, 1], "sweep": {"mode": "defaults"},
-            "datasets": {"mnist": {"name": "mnist5k", "display": "mnist5k"}},
-            "methods": {"mle": {"method": "mle"}, "vat": {"method": "vat"}}, "tables": [],
-            "figures": [{"name": "w", "title": "w", "kind": "weights", "settings": [{"dataset": "mnist"}],
-                         "rows": [{"label": "MLE", "method": "mle"}, {"label": "VAT", "method": "vat"}]}]}
-    p = tmp_path / "w.yaml"
-    p.write_text(yaml.safe_dump(spec))
-    plan = make_plan(load_pipeline_spec(p))
+    plan = _plan(tmp_path, "w", MNIST, ["mle", "vat"],
+                 {"name": "w", "title": "w", "kind": "weights", "settings": [{"dataset": "mnist"}],
+                  "rows": [{"label": "MLE", "method": "mle"}, {"label": "VAT", "method": "vat"}]}, seeds=(0, 1))
     retrains = {k: {"run_id": f"r-{'vat' if 'vat' in k.source else 'mle'}-{k.seed}", "metrics": {}}
                 for k in plan.retrains}
     assert sorted(weights_needed(plan, retrains)) == ["r-mle-0", "r-mle-1", "r-vat-0", "r-vat-1"]
