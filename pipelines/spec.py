@@ -206,8 +206,8 @@ class FigureAxis(_Strict):
     plotted in 1/255 of the pixel range: 8/255 at x = 8, as the ATLD paper writes ε) or ``l2_norm`` (the L2 norm of
     the perturbation, one axis for both attacks: L2 attacks at ε = x, L∞ attacks at ε∞ = x/√d with d the input's
     dimension, so that the sign perturbation of FGSM has L2 norm x before clipping to [0, 1]). levels: paper
-    dataset -> the radii, written in the unit of ``x`` (``l2_norm``: L2 norms; ``eps``/``eps255``: L∞ radii in pixel units,
-    ``8/255`` allowed); a dataset not listed keeps the profile's ``eval.eps_grid`` / ``l2_grid``."""
+    dataset -> the radii, written in the unit of ``x`` (``l2_norm``: L2 norms; ``eps``/``eps255``: L∞ radii in
+    pixel units, ``8/255`` allowed); a dataset not listed keeps the profile's ``eval.eps_grid`` / ``l2_grid``."""
 
     x: XUnit = "eps"
     levels: dict[str, list[Annotated[Number, Field(ge=0)]]] = Field(default_factory=dict)
