@@ -352,9 +352,11 @@ class Planner:
         needs = SUITES.get(suite).needs
         src: tuple = ()
         if "sources" in needs:
-            other = seeds[(seed_i + 1) % len(seeds)]  # an independently trained source: the next seed's model
-            src = tuple((n, self.retrain(rows_by_label[lab], setting, other, item),
-                         self.inference(rows_by_label[lab])) for n, lab in sorted((sources or {}).items()))
+            # a source model is an extra retrain of its method key (not a row of the table: ATLD's sources are
+            # ResNet-18s), of the next seed, so that it is never the evaluated model itself
+            other = seeds[(seed_i + 1) % len(seeds)]
+            src_rows = {n: RowSpec(label=f"(source {n})", method=k) for n, k in sorted((sources or {}).items())}
+            src = tuple((n, self.retrain(r, setting, other, item), self.inference(r)) for n, r in src_rows.items())
         base = None
         if "baseline" in needs:
             b = rows_by_label[baseline]  # type: ignore[index]
@@ -412,7 +414,15 @@ class Planner:
                 elif renamed:  # "MNIST error" -> "mnist5k error"
                     header = s.header + c.label[len(paper_hdr):]
                 elif c.value == "attack":
-                    header = f"{s.header} {map_attack(c.attack, steps).header}"  # type: ignore[arg-type]
+                    from robust_core.attacks.suites import BASELINE, CLASSIFIER
+
+                    key = map_attack(c.attack, steps)  # type: ignore[arg-type]
+                    rest = c.label[len(paper_hdr):] if c.label.startswith(paper_hdr) else ""
+                    if f" {c.attack.header}" in rest:  # "CIFAR-10 PGD-20 from Standard" -> "... PGD-2 from Standard"
+                        header = s.header + rest.replace(c.attack.header, key.header, 1)  # type: ignore[union-attr]
+                    else:
+                        src = f" from {key.source}" if key.source not in (None, BASELINE, CLASSIFIER) else ""
+                        header = f"{s.header} {key.header}{src}"
                 else:
                     header = s.header
                 cols.append(ResolvedColumn(c, s, header, show_paper=not s.stand_in))

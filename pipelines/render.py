@@ -88,6 +88,7 @@ def _cell(r: Results, rt: ResolvedTable, row_label: str, j: int) -> Cell:
     ids: list[str] = []
     eval_ids: list[str] = []
     notes: list[str] = []
+    sets: list[dict[str, Any]] = []  # the fixed set's size and composition per seed
     for i, k in enumerate(ref.retrains):
         job = r.retrains[k]
         m = job["metrics"]
@@ -112,12 +113,18 @@ def _cell(r: Results, rt: ResolvedTable, row_label: str, j: int) -> Cell:
                 notes += [_audit_note(f) for f in rec.get("flags", [])]
                 if rec["attack"] == "autoattack" and rec["label"] != "aa":
                     notes.append(f"AutoAttack run as {rec['label']}, not the standard version")
+                if "fixed_set" in rec.get("options", {}):
+                    sets.append(rec["options"]["fixed_set"])
                 eval_ids.append(ev["run_id"])
         if v is not None and not math.isnan(v):
             vals.append(v)
             ids.append(job["run_id"])
+    if sets:
+        notes.append(fixed_set_note(sets, rt.spec.baseline or "baseline"))
     note = ""
-    if not vals:
+    if not vals and sets and not any(x["n"] for x in sets):
+        note = "the fixed set is empty: no one-step example fools the baseline (accuracy on it is undefined)"
+    elif not vals:
         what = ref.attack if col.value == "attack" else (col.metric if col.value == "metric" else col.value)
         note = f"no {what} recorded by the runs of this cell (see lineage.json)"
     row = next(x for x in rt.spec.rows if x.label == row_label)
@@ -128,6 +135,17 @@ def _cell(r: Results, rt: ResolvedTable, row_label: str, j: int) -> Cell:
     suspect = any(n.startswith("masking audit:") for n in notes)
     return Cell(tuple(vals), tuple(ids + eval_ids), note, pv.value if pv else None, tuple(notes), suspect,
                 compare=col.value != "epoch_time")
+
+
+def fixed_set_note(sets: list[dict[str, Any]], baseline: str) -> str:
+    """The footnote of a fixed-set cell: the set's size and composition per seed (``FixedSet.run``'s info)."""
+    per = []
+    for s in sets:
+        parts = " + ".join(f"{NORM_TEXT.get(n, n)} {k}" for n, k in s["by_norm"].items())
+        per.append(f"n = {s['n']} ({parts}; from {s['test_points']} of the {s['correct']} test points the "
+                   f"{baseline} classifies correctly, of {s['of']})")
+    return (f"fixed set made on the {baseline} of the same seed, one-step examples that fool it"
+            + (", per seed: " if len(per) > 1 else ": ") + "; ".join(per))
 
 
 def build_table(r: Results, rt: ResolvedTable) -> Table:

@@ -173,7 +173,7 @@ class TableSpec(_Strict):
     higher_is_better: bool = True
     decimals: int = Field(2, ge=0, le=6)
     seeds: list[int] | None = None  # default: the pipeline's seeds
-    sources: dict[str, str] = Field(default_factory=dict)  # transfer: source name -> row label
+    sources: dict[str, str] = Field(default_factory=dict)  # transfer: source name -> a key of `methods:` (its model)
     baseline: str | None = None  # fixed_set: the row whose model the fixed adversarial set is generated on
     notes: list[str] = Field(default_factory=list)
     selection: Selection | None = None  # None: robust when a column reports accuracy under an attack, else clean
@@ -395,9 +395,10 @@ def cross_problems(spec: PipelineSpec) -> list[str]:
                         p.append(f"{col} needs `dataset:` (its threat model and evaluation settings come from "
                                  "`datasets:` of that paper dataset)")
                     needs |= SUITES.get(c.suite).needs
-                for s, lab in t.sources.items():
-                    if lab not in labels:
-                        p.append(f"{where}: sources.{s} = {lab!r} is not a row label")
+                for s, key in t.sources.items():
+                    if key not in spec.methods:
+                        p.append(f"{where}: sources.{s} = {key!r} is not a key of `methods:` (what the source model "
+                                 "trains)")
                     if s == BASELINE:
                         p.append(f"{where}: sources.{s}: {BASELINE!r} names the fixed set's baseline; use another name")
                 if t.baseline is not None and t.baseline not in labels:
@@ -405,7 +406,7 @@ def cross_problems(spec: PipelineSpec) -> list[str]:
                 if "baseline" in needs and t.baseline is None:
                     p.append(f"{where}: its columns' suites need `baseline:` (the row the fixed set is made on)")
                 if "sources" in needs and not t.sources:
-                    p.append(f"{where}: its columns' suites need `sources:` (name -> row label of each source model)")
+                    p.append(f"{where}: its columns' suites need `sources:` (name -> method key of each source model)")
             else:
                 p += [f"{where}: row {r.label!r} has `paper:` values; published values belong to table rows"
                       for r in t.rows if r.paper]

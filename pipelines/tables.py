@@ -296,7 +296,7 @@ _TEX_CHARS = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r
               "−": r"$-$", "±": r"$\pm$", "×": r"$\times$", "÷": r"$\div$", "·": r"$\cdot$", "≤": r"$\leq$",
               "≥": r"$\geq$", "≈": r"$\approx$", "→": r"$\to$", "←": r"$\leftarrow$", "∪": r"$\cup$",
               "√": r"$\surd$", "✓": r"\checkmark{}", "✗": r"$\times$", "—": "---", "–": "--", "…": r"\dots{}",
-              "’": "'", "‘": "`", "“": "``", "”": "''"}
+              "§": r"\S{}", "⁰": r"$^0$", "’": "'", "‘": "`", "“": "``", "”": "''"}
 PREAMBLE = "% needs \\usepackage{booktabs} (rules) and \\usepackage{amssymb} (\\checkmark) in the document preamble"
 
 

@@ -79,3 +79,13 @@ def store(tmp_path, mlflow_template_db):
     shutil.copy(mlflow_template_db, tmp_path / "db" / "mlflow.db")
     uri = f"sqlite:///{tmp_path}/db/mlflow.db"
     return uri, tracking.prepare_store(uri, "exp")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of many small ops (they run many times slower when two threads fight other
+    processes for the shared cores); restored afterwards. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

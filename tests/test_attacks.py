@@ -12,6 +12,7 @@ from torch import nn
 from robust_core.attacks import ThreatModel, ce_loss, cw_margin_loss, perturb
 from robust_core.attacks.autoattack import AutoAttack
 from robust_core.attacks.gradient import CW, FGSM, PGD, L2Grad
+from robust_core.attacks.rays import RayS
 from robust_core.attacks.threat import norm_of
 from robust_core.registry import ATTACKS
 
@@ -92,6 +93,14 @@ class _Counter(nn.Module):
         return self.net(x)
 
 
+class _Rows(_Counter):
+    rows = 0
+
+    def forward(self, x):
+        self.rows += len(x)
+        return super().forward(x)
+
+
 @pytest.mark.parametrize("name", ATTACKS.names())
 def test_exact_forward_counts(name):
     x, y = _data()
@@ -106,6 +115,11 @@ def test_exact_forward_counts(name):
             a(m, x, y)
             counts.append(m.calls)
         assert a.restarts == 5 and counts[1] - counts[0] == 7 * a.restarts
+        return
+    if cls is RayS:  # a query budget per example: every forwarded example is one query of its own budget
+        m = _Rows(_mlp().eval())
+        _, _, used = RayS(eps=1e-4, queries=40).search(m, x, y)
+        assert m.rows == int(used.sum()) and used.max() == 40
         return
     for kw, expected in [({}, None), ({"n_steps": 4}, 4), ({"n_steps": 5, "n_restarts": 3}, 3 * 5 + 3),
                          ({"n_steps": 2, "eot_samples": 3}, 6)]:

@@ -75,7 +75,9 @@ def test_records_carry_the_full_protocol():
     x, y = torch.rand(30, 1, 4, 4), torch.randint(0, 3, (30,))
     s = EvalSettings(dataset="cifar10", n_examples=20, steps=(2,), seed=5, model_name="lin")
     recs = run_suite("whitebox", SuiteModels.of(model), (x, y), s)
-    assert [r.label for r in recs] == ["clean", "fgsm", "pgd-2", "cw-2"] == [r.key for r in recs]
+    assert [r.label for r in recs] == ["clean", "fgsm", "pgd-2", "cw-2", "fgsm", "pgd-2", "cw-2"]
+    assert [r.key for r in recs] == ["clean", "fgsm", "pgd-2", "cw-2", "fgsm@classifier", "pgd-2@classifier",
+                                     "cw-2@classifier"]  # no wrapper: the paper's protocol is the plain number
     installed = importlib.metadata.version("robust-sweep")
     for r in recs[1:]:
         assert r.eps_str == "8/255" and r.eps == pytest.approx(8 / 255) and r.n_examples == 20 and r.subset
@@ -166,7 +168,12 @@ def test_cli_runs_every_suite_on_a_saved_model(trained, capsys):
     suites = {r["suite"] for r in blob["records"]}
     assert suites == {"whitebox", "curves", "autoattack", "fixed_set", "transfer", "adaptive", "audit"}
     for r in blob["records"]:
-        assert r["n_examples"] == 40 and r["subset"] is True and r["seed"] == 0
+        assert r["subset"] is True and r["seed"] == 0
+        if r["key"] == "fixed-set@baseline":  # made of the 40: the one-step examples that fool the baseline (itself)
+            fs = r["options"]["fixed_set"]
+            assert 0 < r["n_examples"] == fs["n"] <= 3 * fs["correct"] and fs["of"] == 40 and r["accuracy"] == 0.0
+        else:
+            assert r["n_examples"] == 40
         assert {"attack", "norm", "eps", "eps_str", "steps", "step_size", "restarts", "library",
                 "library_version", "accuracy"} <= set(r)
     wb = {r["label"]: r["accuracy"] for r in blob["records"] if r["suite"] == "whitebox"}

@@ -224,4 +224,5 @@ def test_dry_run_refuses_typos_in_eval_and_inference_settings_listing_every_one(
     assert main(["final", str(_spec(tmp_path, attack="pgd-2O")), "--dry-run"]) == 2
     assert "'pgd-2O' is not an attack key" in capsys.readouterr().err
     assert main(["final", str(_spec(tmp_path, attack="pgd-21")), "--dry-run"]) == 2
-    assert "suite whitebox does not run pgd-21 here (it runs: clean, fgsm, pgd-3, cw-3)" in capsys.readouterr().err
+    runs = "clean, fgsm, pgd-3, cw-3, fgsm@classifier, pgd-3@classifier, cw-3@classifier"
+    assert f"suite whitebox does not run pgd-21 here (it runs: {runs})" in capsys.readouterr().err

@@ -3,6 +3,7 @@ papers' networks (Shaham §5.1/§5.2, FAT table 4, ResNet-18), and the smaller c
 inductive, ATER's convergence "AT" is the L2 one, ATER's CIFAR-10 cells retrain on train ∪ validation)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 @pytest.fixture(scope="module")
 def paper():
     plan = make_plan(load_pipeline_spec(PIPELINES / "paper.yaml"))
-    return plan, {s.rsplit("-", 1)[0]: r for s, r in plan.sweep_raw.items()}
+    # sweep name -> raw config, keyed without the fingerprint and the robust-selection suffix (``-robust_pgd``): a
+    # row's recipe is the same whichever metric selects it
+    return plan, {re.sub(r"-robust_\w+$", "", s.rsplit("-", 1)[0]): r for s, r in plan.sweep_raw.items()}
 
 
 @pytest.mark.parametrize("ds", ["svhn", "cifar10", "cifar100"])

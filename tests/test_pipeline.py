@@ -103,7 +103,7 @@ def test_repo_pipeline_configs_validate():
             assert set(pending) <= catalog, set(pending) - catalog
             problems = [x for t, rows in pending.items() for r, cols in rows.items() for c, e in cols.items()
                         for x in value_problems(PublishedValue.model_validate(e), f"{t}/{r}/{c}")]
-            assert not problems and sum(len(cols) for rows in pending.values() for cols in rows.values()) > 100
+            assert not problems  # empty since issue 11 moved the last values into their columns
             continue
         plan = make_plan(load_pipeline_spec(p))  # includes building every sweep config the profile would run
         assert plan.tables, p

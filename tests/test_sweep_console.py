@@ -2,7 +2,6 @@
 per trial, trial names the console and the MLflow UI share, the ranked trials and the report plots, from MLflow."""
 from __future__ import annotations
 
-import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -52,20 +51,11 @@ SWEEP = {"name": "rep", "base": {"method": {"name": "vat"}, "train": {"epochs": 
          "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}}
 
 
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory):
-    db = tmp_path_factory.mktemp("tmpl") / "t.db"
-    tracking.prepare_store(f"sqlite:///{db}", "warmup")
-    return db
-
-
 @pytest.fixture
-def swept(tmp_path, template_db):
+def swept(store, tmp_path):
     """A finished sweep in MLflow: 4 trials (lr, eps, val_acc per epoch, stopped early, failed)."""
-    shutil.copy(template_db, tmp_path / "m.db")
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    cfg = build_sweep_config({**SWEEP, "tracking": {"uri": uri, "experiment": "e"}, "storage": str(tmp_path / "ray")})
-    exp = tracking.prepare_store(uri, "e")
+    uri, exp = store
+    cfg = build_sweep_config({**SWEEP, "tracking": {"uri": uri, "experiment": "exp"}, "storage": str(tmp_path / "ray")})
     parent = tracking.start_run(uri, exp, "rep", {"robust_sweep.kind": "sweep", "robust_sweep.sweep": "rep"})
     tracking.log_params(uri, parent, {"metric": "val_acc", "mode": "max", "max_t": 3,
                                       **{f"space.{k}": d.to_yaml() for k, d in cfg.search_space.items()}})
@@ -88,7 +78,7 @@ def swept(tmp_path, template_db):
 
 def test_report_ranks_full_budget_trials_first_by_the_sweep_rule(swept):
     cfg, uri = swept
-    parent, rows = trial_rows(uri, "e", "rep")
+    parent, rows = trial_rows(uri, "exp", "rep")
     assert [(t.trial_id, t.status) for t in rows] == [("t3", "full"), ("t1", "full"), ("t2", "stopped early"),
                                                       ("t4", "errored")]
     text = format_report(parent, rows).splitlines()
@@ -101,12 +91,12 @@ def test_report_ranks_full_budget_trials_first_by_the_sweep_rule(swept):
 def test_unknown_sweep_names_the_ones_there(swept):
     _, uri = swept
     with pytest.raises(LookupError, match="no sweep 'nope' .* the sweeps there: rep"):
-        trial_rows(uri, "e", "nope")
+        trial_rows(uri, "exp", "nope")
 
 
 def test_report_artifact_has_the_plots(swept, tmp_path):
     cfg, uri = swept
-    made = write_report(cfg, uri, "e", tmp_path / "rep")
+    made = write_report(cfg, uri, "exp", tmp_path / "rep")
     for f in ("learning_curves.png", "param_importances.png", "parallel_coordinates.png",
               "optimization_history.png"):
         assert not made[f].startswith("not drawn"), made[f]

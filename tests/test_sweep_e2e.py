@@ -196,23 +196,23 @@ def test_final_pipeline_on_the_sweep_then_rerun_reuses(sweep, tmp_path):
         assert r.data.params["method.params.eps"] == str(summary.best["config"]["method"]["params"]["eps"])
     assert {r.data.tags["robust_sweep.seed"] for r in retrains} == {"0", "1"}
 
-    md = (tmp_path / "out" / "ssl.md").read_text()
+    md = (tmp_path / "out" / "tables" / "ssl.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| VAT |"))
     accs = sorted(100 * r.data.metrics["test_acc"] for r in retrains)
     mean = sum(accs) / 2
     assert f"{mean:.2f} ± " in row  # the cell is the mean of exactly these runs' test accuracies
-    csv_line = (tmp_path / "out" / "ssl.csv").read_text().splitlines()[1]
+    csv_line = (tmp_path / "out" / "tables" / "ssl.csv").read_text().splitlines()[1]
     assert all(r.info.run_id in csv_line for r in retrains)
     lineage = json.loads((tmp_path / "out" / "lineage.json").read_text())
     cell = lineage["tables"]["ssl"]["VAT"]["test accuracy (%)"]
     assert cell["trial_run_id"] == best_trial and cell["sweep"] == "e2e-vat"
     assert set(cell["retrain_run_ids"].values()) == {r.info.run_id for r in retrains}
     for ext in ("md", "csv", "tex"):
-        assert (tmp_path / "out" / f"ssl.{ext}").is_file()
+        assert (tmp_path / "out" / "tables" / f"ssl.{ext}").is_file()
 
     again = run_pipeline(spec, log=lambda *a: None)
     assert again["trained"] == 0 and again["reused"] == 2
-    assert (tmp_path / "out" / "ssl.md").read_text() == md
+    assert (tmp_path / "out" / "tables" / "ssl.md").read_text() == md
     assert len(find_runs(cfg.tracking.uri, cfg.tracking.experiment, "tags.`robust_sweep.kind` = 'retrain'")) == 2
 
 

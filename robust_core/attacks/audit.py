@@ -39,6 +39,12 @@ def _fmt(r: EvalRecord) -> str:
     return f"{r.label}{src} {r.norm} ε={r.eps_str} ({r.accuracy:.2%})"
 
 
+def _objective(r: EvalRecord) -> str | None:
+    """The adaptive objective a record's attack ascended (None: the attack's own CE / CW loss)."""
+    loss = r.options.get("loss")
+    return loss if isinstance(loss, str) and loss not in ("ce", "cw") else None
+
+
 def audit(records: list[EvalRecord], settings: AuditSettings = AuditSettings()) -> list[str]:
     """Run every check on ``records`` (any mix of suites/models); returns the footnotes and attaches them to records."""
     flags: list[str] = []
@@ -56,9 +62,9 @@ def audit(records: list[EvalRecord], settings: AuditSettings = AuditSettings()) 
                     _flag(flags, f"{model}: {_fmt(r)} above clean accuracy ({c.accuracy:.2%})", r)
         # 2. one-step ≥ iterative; more steps not weaker (same norm, ε, loss)
         groups: dict[tuple, list[EvalRecord]] = defaultdict(list)
-        for r in white:
-            groups[(r.norm, round(r.eps, 12))].append(r)
-        for (_, _), g in groups.items():
+        for r in white:  # adaptive objectives (ATLD table V: [cla+d], [d], ...) are compared within their own
+            groups[(r.norm, round(r.eps, 12), _objective(r))].append(r)
+        for g in groups.values():
             one = [r for r in g if r.steps == 1]  # the attack's own step count says what is one-step
             it = [r for r in g if r.steps > 1]
             for a in one:

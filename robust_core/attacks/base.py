@@ -41,12 +41,15 @@ class Adversarial(NamedTuple):
     """What an attack makes for a whole set. x: one adversarial input per input. flags: the attack's own warnings
     (masking-audit footnotes, e.g. AutoAttack's). keep: bool mask (n,) of the examples that form the evaluated set
     (None: all; e.g. a fixed set keeps only examples that fool the model it is made on). info: facts about the set,
-    recorded in the record's options (e.g. its composition)."""
+    recorded in the record's options (e.g. its composition). y: the labels of ``x`` when it is not one input per
+    given input (a set that holds several attacks' examples of one test point, e.g. Shaham's fixed set); None: the
+    given labels."""
 
     x: Tensor
     flags: tuple[str, ...] | list[str] = ()
     keep: Tensor | None = None
     info: dict[str, Any] | None = None
+    y: Tensor | None = None
 
 
 def _plain(v: Any) -> Any:

@@ -27,7 +27,7 @@ from robust_core.attacks.audit import audit, masking_probe
 from robust_core.attacks.base import Adversarial, predict
 from robust_core.attacks.records import EvalRecord
 from robust_core.attacks.settings import EvalSettings
-from robust_core.attacks.suites import BASELINE, SUITES, Step, Suite
+from robust_core.attacks.suites import BASELINE, CLASSIFIER, SUITES, Step, Suite
 from robust_core.config import ConfigError
 from robust_core.modes import eval_mode
 
@@ -83,8 +83,9 @@ def missing_inputs(suites: Iterable[str], *, sources: Iterable[str] = (), baseli
         for need in sorted(SUITES.get(name).needs):
             if not given[need]:
                 problems.append(f"suite {name} needs {NEEDS[need]}" + (f": give {how[need]}" if need in how else ""))
-    if BASELINE in set(sources):
-        problems.append(f"a transfer source may not be called {BASELINE!r} (the fixed set's baseline is)")
+    for reserved, what in ((BASELINE, "the fixed set's baseline"), (CLASSIFIER, "the evaluated model's classifier")):
+        if reserved in set(sources):
+            problems.append(f"a transfer source may not be called {reserved!r} ({what} is)")
     return problems
 
 
@@ -143,6 +144,54 @@ def _objective_loss(obj: Objective):
     return factory
 
 
+THEN = "-then-"  # an objective ``a-then-b``: the step's attack is a ``Then``; its first phase ascends a, its second b
+
+
+def _term(models: SuiteModels, name: str, atk) -> Objective | None:
+    """One named term of an adaptive objective (None: the evaluated model lacks it):
+
+    - ``cla``: the attack's own classification loss (CE for FGSM/PGD, the CW margin for CW) of the bare classifier
+      — ATLD table V's 'Cla', attacked as the paper attacks (the classifier; IMT applies only when scoring);
+    - ``d``: the discriminator's loss for an adversarial input, −log D⁰(f(x)) = softplus(−a) from the method's
+      ``discriminator_logit`` (its BINARY head, table V's 'D'): ascending it makes the input look natural to D, i.e.
+      the attack is hidden from the discriminator that IMT relies on;
+    - anything else: the method's ``adaptive_objectives`` (end to end through the deployed model, e.g. ATLD's
+      ``classifier``, ``discriminator``, ``both``) or objectives passed in."""
+    if name == "cla":
+        clf = models.classifier
+        if clf is None:
+            return None
+        loss_of = atk.loss_fn
+        return lambda z, y: loss_of(y)(clf(z))
+    if name == "d":
+        logit = getattr(models.method, "discriminator_logit", None)
+        if logit is None or models.classifier is None:
+            return None
+        clf = models.classifier
+        return lambda z, y: F.softplus(-logit(clf, z))
+    return models.objectives.get(name)
+
+
+def _bind(atk, objective: str, models: SuiteModels, eot: int):
+    """``atk`` ascending ``objective`` (terms joined by ``+`` are summed; ``a-then-b`` binds a ``Then``'s two
+    phases), or None when a term is missing. The attack then runs on the identity: the objective sees the input."""
+    from robust_core.attacks.gradient import Then
+
+    if isinstance(atk, Then):
+        first, _, second = objective.partition(THEN)
+        a, b = _bind(atk.first, first, models, eot), _bind(atk.second, second, models, eot)
+        return None if a is None or b is None else replace(atk, first=a, second=b)
+    terms = [_term(models, t, atk) for t in objective.split("+")]
+    if any(t is None for t in terms):
+        return None
+
+    def obj(z: Tensor, y: Tensor) -> Tensor:
+        return sum(t(z, y) for t in terms)  # type: ignore[misc]
+
+    has = {f.name for f in fields(atk)}
+    return replace(atk, loss=_objective_loss(obj), **({"eot_samples": eot} if "eot_samples" in has else {}))
+
+
 def _is_stochastic(model, x: Tensor) -> bool:
     with torch.no_grad():
         return not torch.equal(model(x), model(x))
@@ -154,7 +203,8 @@ def _run_step(suite: str, step: Step, models: SuiteModels, x: Tensor, y: Tensor,
     key, atk, bs = step.key, step.attack, settings.batch_size
 
     def record(adv: Adversarial, **kw) -> EvalRecord:
-        xs, ys = (adv.x, y) if adv.keep is None else (adv.x[adv.keep], y[adv.keep])
+        yy = y if adv.y is None else adv.y
+        xs, ys = (adv.x, yy) if adv.keep is None else (adv.x[adv.keep], yy[adv.keep])
         acc = (predict(models.deployed, xs, bs) == ys).float().mean().item() if len(ys) else float("nan")
         opts = {**(adv.info or {}), **kw.pop("options", {})}
         return EvalRecord.of(suite, settings.model_name, key, atk, acc, len(ys), settings.seed, sub, flags=adv.flags,
@@ -164,12 +214,10 @@ def _run_step(suite: str, step: Step, models: SuiteModels, x: Tensor, y: Tensor,
         return record(Adversarial(x))
     gen = torch.Generator(device=x.device).manual_seed(settings.seed)
     if key.objective is not None:
-        obj = models.objectives.get(key.objective)
-        if obj is None:
-            return None
         eot = getattr(atk, "eot_samples", 1) if len(x) and _is_stochastic(models.deployed, x[:8]) else 1
-        has = {f.name for f in fields(atk)}
-        atk = replace(atk, loss=_objective_loss(obj), **({"eot_samples": eot} if "eot_samples" in has else {}))
+        atk = _bind(atk, key.objective, models, eot)
+        if atk is None:
+            return None
         label = str(key.with_(source=None)) + (f"-eot{eot}" if eot > 1 else "")
         return record(atk.run(_Identity(), x, y, bs, generator=gen), label=label, options={"loss": key.objective})
     return record(atk.run(_origin(models, key.source), x, y, bs, generator=gen))
@@ -180,6 +228,8 @@ def _origin(models: SuiteModels, source: str | None) -> nn.Module:
     transfer source."""
     if source is None:
         return models.deployed
+    if source == CLASSIFIER:
+        return models.classifier if models.classifier is not None else models.deployed
     return models.baseline if source == BASELINE else models.sources[source]  # type: ignore[return-value]
 
 
@@ -187,8 +237,19 @@ def run_suite(suite: str, models: SuiteModels, data, settings: EvalSettings) -> 
     """Every step of ``suite`` on the selected examples (models in eval mode); no probe, no audit."""
     x, y, sub = select(data, settings)
     steps = SUITES.get(suite).steps(settings, tuple(models.sources))
+    recs: list[EvalRecord | None] = []
+    by_key: dict[str, EvalRecord] = {}
     with eval_mode(*models.all()):
-        recs = [_run_step(suite, s, models, x, y, sub, settings) for s in steps]
+        for s in steps:
+            plain = by_key.get(str(s.key.with_(source=None)))
+            if s.key.source == CLASSIFIER and _origin(models, CLASSIFIER) is models.deployed and plain is not None:
+                r: EvalRecord | None = replace(plain, key=str(s.key), source=CLASSIFIER, flags=list(plain.flags),
+                                               options=dict(plain.options))  # the same computation
+            else:
+                r = _run_step(suite, s, models, x, y, sub, settings)
+            if r is not None:
+                by_key[r.key] = r
+            recs.append(r)
     return [r for r in recs if r is not None]
 
 
@@ -230,11 +291,13 @@ _LOOP = ("loop", "threat", "base", "records", "audit", "evaluate")  # the attack
 
 def code_files(steps: Iterable[Step], method: str | None = None) -> list[Path]:
     """Source files whose code decides a suite's numbers: the attack loop and runner, the file of every class an
-    attack of ``steps`` is (or inherits from), and — for adaptive objectives — the method's file."""
+    attack of ``steps`` (or one of its ``parts``) is or inherits from, and — for adaptive objectives — the method's
+    file."""
     here = Path(__file__).parent
     files = {here / f"{m}.py" for m in _LOOP}
-    for s in steps:
-        for cls in type(s.attack).__mro__ if s.attack is not None else ():
+    attacks = [a for s in steps if s.attack is not None for a in (s.attack, *getattr(s.attack, "parts", ()))]
+    for a in attacks:  # an attack made of others (the fixed set's one-step attacks): their code too
+        for cls in type(a).__mro__:
             src = inspect.getsourcefile(cls) if cls.__module__ != "builtins" else None
             if src is not None:
                 files.add(Path(src))

@@ -44,9 +44,12 @@ class FGSM(Attack):
     def key(self) -> AttackKey:
         return AttackKey("fgsm" if self.norm == "linf" else f"fgm-{self.norm}")
 
+    def loss_fn(self, y: Tensor) -> LossFn:
+        """The per-example loss this attack ascends for labels ``y`` (on the attacked model's output)."""
+        return _loss_factory(self.loss)(y)
+
     def __call__(self, model, x, y, generator=None):
-        return perturb(model, x, _loss_factory(self.loss)(y), ThreatModel(self.norm, self.eps), steps=1,
-                       step_size=self.eps)
+        return perturb(model, x, self.loss_fn(y), ThreatModel(self.norm, self.eps), steps=1, step_size=self.eps)
 
 
 @ATTACKS.register("l2grad")
@@ -129,8 +132,12 @@ class PGD(Attack):
     def passes(self) -> int:
         return self.n_steps * self.n_restarts * self.eot_samples
 
+    def loss_fn(self, y: Tensor) -> LossFn:
+        """The per-example loss this attack ascends for labels ``y`` (on the attacked model's output)."""
+        return _loss_factory(self.loss)(y)
+
     def __call__(self, model, x, y, generator=None):
-        return perturb(model, x, _loss_factory(self.loss)(y), ThreatModel(self.norm, self.eps), steps=self.n_steps,
+        return perturb(model, x, self.loss_fn(y), ThreatModel(self.norm, self.eps), steps=self.n_steps,
                        step_size=self.step_size, random_start=self.random_start, restarts=self.n_restarts,
                        generator=generator, eot_samples=self.eot_samples)
 
@@ -148,6 +155,8 @@ class CW(PGD):
     of Madry et al. 2018 as used in the ATLD tables. Threat model: ``norm`` ball ("linf" default). Input range [0, 1].
     eps: radius, pixel units. n_steps: 20. step_frac: 0.25 of ε. random_start: True. n_restarts: 1.
     kappa: 0 (confidence cap of the margin; the margin stops growing once it reaches κ). eot_samples: 1.
+    loss: "cw" (always, unless a callable ``y -> loss_fn`` replaces it: an adaptive objective that contains the
+    margin, see ``robust_core.attacks.evaluate``).
     """
 
     loss: Any = "cw"
@@ -155,9 +164,66 @@ class CW(PGD):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "loss", "cw")
+        if not callable(self.loss):
+            object.__setattr__(self, "loss", "cw")
+
+    def loss_fn(self, y: Tensor) -> LossFn:
+        return self.loss(y) if callable(self.loss) else cw_margin_loss(y, self.kappa)
 
     def __call__(self, model, x, y, generator=None):
-        return perturb(model, x, cw_margin_loss(y, self.kappa), ThreatModel(self.norm, self.eps),
+        return perturb(model, x, self.loss_fn(y), ThreatModel(self.norm, self.eps),
                        steps=self.n_steps, step_size=self.step_size, random_start=self.random_start,
                        restarts=self.n_restarts, generator=generator, eot_samples=self.eot_samples)
+
+
+@dataclass(frozen=True)
+class Then(Attack):
+    """Two attacks in a row on the same ball: ``first`` from x, then ``second`` (a PGD-type ascent: its steps, step
+    size and loss; no random start) from the first's output, projected on the ball around the original x ∩ [0, 1].
+
+    Paper: ATLD Table V's composed adaptive attack (``../shared/papers/atld.txt`` §V-F, line 281: "'Cla-step20 +
+    D-step1' means that the classification loss is first used to compute attacking gradients with 20 steps then
+    followed by 1 step compute attacking gradients with the discriminating loss"). Threat model: ``first``'s (both
+    phases must share norm and ε). Not registered: it names no attack of its own; its key is the first's (the
+    adaptive suite's objective says what follows, e.g. ``pgd-20[cla-then-d]``).
+    eps: the radius, pixel units (= first.eps = second.eps). first: any attack (None: refused). second: a ``PGD``
+    (its ``n_steps``, ``step_frac`` and ``loss`` are used).
+    """
+
+    registry_name: ClassVar[str] = "then"
+    first: Any = None
+    second: Any = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.first, Attack) or not isinstance(self.second, PGD):
+            raise ValueError("Then: first must be an attack and second a PGD-type attack")
+        if {self.first.eps, self.second.eps} != {self.eps} or {self.first.norm, self.second.norm} != {self.norm}:
+            raise ValueError(f"Then: both phases must attack the same ball (eps={self.eps}, norm={self.norm}); "
+                             f"got {self.first.eps}/{self.first.norm} and {self.second.eps}/{self.second.norm}")
+
+    @property
+    def key(self) -> AttackKey:
+        return self.first.key
+
+    @property
+    def label(self) -> str:
+        return f"{self.first.label}+{self.second.label}"
+
+    @property
+    def steps(self) -> int:
+        return self.first.steps + self.second.steps
+
+    @property
+    def step_size(self) -> float:
+        return self.first.step_size
+
+    @property
+    def passes(self) -> int:
+        return self.first.passes + self.second.passes
+
+    def __call__(self, model, x, y, generator=None):
+        x1 = self.first(model, x, y, generator=generator)
+        s = self.second
+        return perturb(model, x, s.loss_fn(y), ThreatModel(self.norm, self.eps), steps=s.n_steps,
+                       step_size=s.step_size, generator=generator, eot_samples=s.eot_samples, start=x1)

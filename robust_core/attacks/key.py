@@ -3,11 +3,11 @@
 Written ``name[-steps][[objective]][@source]``:
 
 - ``name``: the attack family as tables name it (``clean``, ``fgsm``, ``fgm-l2``, ``pgd``, ``cw``, ``l2grad``,
-  ``aa``); dash-separated words, none of them all digits;
+  ``aa``, ``fixed-set``); dash-separated words, none of them all digits;
 - ``steps``: the iteration count of an iterative attack (``pgd-20``); absent for one-step attacks;
 - ``objective``: the end-to-end objective an adaptive attack maximises (``pgd-20[both]``);
 - ``source``: the model the adversarial examples were made on when it is not the evaluated one (a transfer source
-  ``pgd-20@standard``, the fixed set's baseline ``fgsm@baseline``).
+  ``pgd-20@standard``, the fixed set's baseline ``fixed-set@baseline``).
 
 The radius is not part of the key: a curve holds one key at many ε (each record carries its ε). How the number was
 computed beyond this identity (EOT samples, AutoAttack's version, ...) is in the record's label and options.
@@ -22,7 +22,8 @@ _WORD = r"[A-Za-z][A-Za-z0-9_.+()]*"
 _NAME = rf"{_WORD}(?:-{_WORD})*"
 _PART = r"[A-Za-z0-9_.+-]+"
 _KEY = re.compile(rf"^(?P<name>{_NAME})(?:-(?P<steps>\d+))?(?:\[(?P<objective>{_PART})\])?(?:@(?P<source>{_PART}))?$")
-_HEADER = {"clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "cw": "CW", "aa": "AA", "l2grad": "L2"}
+_HEADER = {"clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "cw": "CW", "aa": "AA", "l2grad": "L2",
+           "fixed-set": "fixed set"}
 FORMAT = "name[-steps][[objective]][@source], e.g. pgd-20, cw-100, pgd-20[both], fgsm@baseline"
 
 

@@ -65,7 +65,7 @@ def _loss(model, loss_fn: LossFn, z: Tensor) -> Tensor:
 
 def perturb(model, x: Tensor, loss_fn: LossFn, threat: ThreatModel, steps: int, step_size: float,
             random_start: bool = False, restarts: int = 1, generator: torch.Generator | None = None,
-            eot_samples: int = 1, check_range: bool = True) -> Tensor:
+            eot_samples: int = 1, check_range: bool = True, start: Tensor | None = None) -> Tensor:
     """The one attack loop: maximise ``loss_fn(model(x+δ))`` over δ in the ε-ball ∩ {x+δ ∈ [0,1]}; returns x_adv.
 
     model: any callable (an ``nn.Module`` or an inference-time wrapper); its train/eval mode is NOT changed (the
@@ -76,7 +76,9 @@ def perturb(model, x: Tensor, loss_fn: LossFn, threat: ThreatModel, steps: int, 
     generator: seeds the random starts. eot_samples: forward/backward passes whose gradients are averaged per
     step (expectation over transformation, for models that sample at test time).
     check_range: refuse inputs outside [0, 1] (reads two values on the host: a GPU synchronisation; training-time
-    attacks turn it off, their inputs come from ``fit``'s data, in [0, 1] by construction).
+    attacks turn it off, their inputs come from ``fit``'s data, in [0, 1] by construction). start: where the
+    ascent starts instead of x or a random point (e.g. the output of an earlier attack; projected on the ball
+    around ``x`` and the box first), so attacks can be chained on the same ball.
     Forward passes: ``restarts·steps·eot_samples`` (+ ``restarts`` scoring passes when ``restarts > 1``).
     Parameter ``.grad`` fields are never touched (gradients are taken w.r.t. δ only).
     """
@@ -85,7 +87,10 @@ def perturb(model, x: Tensor, loss_fn: LossFn, threat: ThreatModel, steps: int, 
     best = x.clone()
     best_loss = x.new_full((x.shape[0],), float("-inf"))
     for _ in range(restarts):
-        delta = threat.random_init(x, generator) if random_start else torch.zeros_like(x)
+        if start is not None:
+            delta = start.detach().to(x.dtype) - x
+        else:
+            delta = threat.random_init(x, generator) if random_start else torch.zeros_like(x)
         delta = _box(x, threat.project(delta))
         for _ in range(steps):
             delta.requires_grad_(True)

@@ -57,7 +57,8 @@ class EvalOptions(Strict):
     step counts, the papers' (20, 40, 100) by default; a profile's list replaces them in order. step_frac: 0.25
     (step = ε/4). restarts: 1. eps_grid / l2_grid: radii of the accuracy-vs-ε curves (None = the dataset's).
     eot_samples: 10 (gradient samples per step for models that sample at test time). autoattack: AutoAttack options.
-    audit: masking-audit thresholds.
+    rays_queries: 10,000 (RayS's query budget per example, the authors' robust-model evaluation). audit:
+    masking-audit thresholds.
     """
 
     eps: Radius | None = None
@@ -72,6 +73,7 @@ class EvalOptions(Strict):
     l2_grid: tuple[Radius, ...] | None = None
     eot_samples: int = Field(10, ge=1)
     autoattack: AutoAttackOptions = Field(default_factory=AutoAttackOptions)
+    rays_queries: int = Field(10000, ge=1)
     audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @field_validator("eps")
@@ -110,6 +112,11 @@ class EvalSettings(EvalOptions):
     @property
     def l2_curve(self) -> tuple[float, ...]:
         return self.l2_grid if self.l2_grid is not None else self._defaults.l2_grid
+
+    @property
+    def fixed_set_norms(self) -> tuple[str, ...]:
+        """The norms of the one-step attacks that make the fixed set on this dataset (its source's fact)."""
+        return self._defaults.fixed_set_norms
 
     def is_subset(self, n_available: int) -> bool:
         return self.n_examples is not None and self.n_examples < n_available

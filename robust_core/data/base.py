@@ -39,12 +39,15 @@ class EvalDefaults:
     """A dataset's default evaluation radii and curve grids, pixel units of inputs in [0, 1] (8/255 stays 8/255).
 
     linf_eps / l2_eps: the threat model's radius for L∞ / L2 attacks. linf_grid / l2_grid: the radii of the
-    accuracy-vs-ε curves (0 = clean). An evaluation's settings override any of them."""
+    accuracy-vs-ε curves (0 = clean). An evaluation's settings override any of them. fixed_set_norms: the norms of
+    the one-step attacks that make Shaham et al.'s fixed adversarial set on this kind of data (default L∞ and L2,
+    their CIFAR-10 set A_cifar10, §5.2; MNIST adds L1, A_mnist, §5.1)."""
 
     linf_eps: float
     l2_eps: float
     linf_grid: tuple[float, ...]
     l2_grid: tuple[float, ...]
+    fixed_set_norms: tuple[str, ...] = ("linf", "l2")
 
 
 # (x_train, y_train, x_test, y_test) as uint8 NCHW images and 0-based int labels -> files under root

@@ -204,7 +204,7 @@ class ATLD(Method):
 
         with frozen_bn_stats(model), frozen_bn_stats(self.disc):
             return perturb(lambda z: latent(model, z, p.disc_input)[0], x, log_d0, ThreatModel("linf", p.eps),
-                           steps=1, step_size=step, random_start=True)
+                           steps=1, step_size=step, random_start=True, check_range=False)
 
     @staticmethod
     def terms(a: torch.Tensor, c: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

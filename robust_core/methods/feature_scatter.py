@@ -62,16 +62,20 @@ def cosine_cost(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def sinkhorn_plan(cost: torch.Tensor, eps: float, iters: int = 100, tol: float = 0.1) -> torch.Tensor:
     """Entropic OT plan between uniform marginals for ``cost`` (m, n): log-domain Sinkhorn, T = exp((−C + u_i + v_j)/ε)
-    with rows summing to 1/m and columns to 1/n (at convergence)."""
+    with rows summing to 1/m and columns to 1/n (at convergence).
+
+    Stops updating once an iteration moves u by less than ``tol`` (L1), as the authors' code does, but decides that
+    on the device: the remaining iterations run with the update masked off (same plan as breaking out of the loop,
+    and no host synchronisation inside a training step; ``tests/test_step_sync.py``)."""
     m, n = cost.shape
     log_mu, log_nu = -torch.log(cost.new_tensor(float(m))), -torch.log(cost.new_tensor(float(n)))
     u, v = cost.new_zeros(m), cost.new_zeros(n)
+    done = torch.zeros((), dtype=torch.bool, device=cost.device)
     for _ in range(iters):
-        u_prev = u
-        u = eps * (log_mu - torch.logsumexp((-cost + u[:, None] + v[None, :]) / eps, dim=1)) + u
-        v = eps * (log_nu - torch.logsumexp((-cost + u[:, None] + v[None, :]) / eps, dim=0)) + v
-        if float((u - u_prev).abs().sum()) < tol:
-            break
+        u_new = eps * (log_mu - torch.logsumexp((-cost + u[:, None] + v[None, :]) / eps, dim=1)) + u
+        v_new = eps * (log_nu - torch.logsumexp((-cost + u_new[:, None] + v[None, :]) / eps, dim=0)) + v
+        u, v, moved = torch.where(done, u, u_new), torch.where(done, v, v_new), (u_new - u).abs().sum()
+        done = done | (moved < tol)
     return torch.exp((-cost + u[:, None] + v[None, :]) / eps)
 
 
@@ -108,7 +112,8 @@ class FeatureScatter(Method):
                 nat = model(x)
             loss = ot_loss(nat, p.sinkhorn_eps, p.sinkhorn_iters, p.sinkhorn_tol)
             step = p.step_size if p.step_size is not None else p.eps
-            return perturb(model, x, loss, ThreatModel("linf", p.eps), p.steps, step, random_start=True)
+            return perturb(model, x, loss, ThreatModel("linf", p.eps), p.steps, step, random_start=True,
+                           check_range=False)
 
     def loss(self, model, batch: Batch, ctx: StepContext) -> LossOutput:
         x_adv = self.scatter(model, batch.x)

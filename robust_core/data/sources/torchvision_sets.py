@@ -348,9 +348,10 @@ def load_svhn(root: Path, download: bool) -> Arrays:
 # ---------------------------------------------------------------------------------------------------- register
 # Default threat models. MNIST: L∞ ε = 0.3 (Madry et al. 2018; ATER; Shaham et al.), L2 ε = 2.0. Natural 32×32
 # colour images (SVHN, CIFAR-10/100): L∞ ε = 8/255 (ATLD's tables; Madry et al.), L2 ε = 0.5. Curve grids: ε from 0
-# to the radius and a little beyond, for the accuracy-vs-ε figures.
+# to the radius and a little beyond, for the accuracy-vs-ε figures. Fixed sets (Shaham et al. §5): MNIST's A_mnist is
+# made with the L∞, L2 and L1 one-step attacks, CIFAR-10's A_cifar10 with L∞ and L2 (the natural images' default).
 MNIST_EVAL = EvalDefaults(linf_eps=0.3, l2_eps=2.0, linf_grid=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3),
-                          l2_grid=(0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0))
+                          l2_grid=(0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0), fixed_set_norms=("linf", "l2", "l1"))
 NATURAL_EVAL = EvalDefaults(linf_eps=8 / 255, l2_eps=0.5,
                             linf_grid=(0.0, 2 / 255, 4 / 255, 6 / 255, 8 / 255, 10 / 255, 12 / 255, 16 / 255),
                             l2_grid=(0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0))
