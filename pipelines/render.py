@@ -214,15 +214,16 @@ def history_needed(plan: Plan, retrains: Mapping[RetrainKey, Mapping[str, Any]])
 def axis_label(x: str, norms: set[str], dataset: str) -> str:
     """The x label of a curves/budget panel, in the unit of the figure's axis (``FigureAxis.x``)."""
     norm = " / ".join(NORM_TEXT.get(n, n) for n in sorted(norms)) or "?"
-    if x == "l2_norm":
-        label = "noise level: L2 norm of the perturbation (inputs in [0, 1])"
-        if "linf" in norms:
-            d = input_dim(dataset)
-            label += f"; FGSM at ε∞ = level/√{d}"
-        return label
+    if x == "l2_norm":  # the figure's note says what the level is (AXIS_NOTES)
+        return "noise level (L2 norm)" + (f"; ε∞ = level/√{input_dim(dataset)}" if "linf" in norms else "")
     if x == "eps255":
         return f"ε ({norm}, in 1/255 of the pixel range)"
     return f"ε ({norm}, pixel units)"
+
+
+AXIS_NOTES = {"l2_norm": "Noise level: the L2 norm of the perturbation, inputs in [0, 1]. The L2 attack runs at ε = "
+                         "level; FGSM at ε∞ = level/√d (d: values per input), a sign perturbation of L2 norm = level "
+                         "before clipping to [0, 1]."}
 
 
 def weights_needed(plan: Plan, retrains: Mapping[RetrainKey, Mapping[str, Any]]) -> list[str]:
@@ -358,6 +359,7 @@ def build_figure(r: Results, rf: ResolvedFigure) -> Figure:
         elif f.kind == "weights":
             panels += _weight_panels(r, rf, s)
     notes = list(rf.footnotes) + ([f"Paper: {f.paper}."] if f.paper else [])
+    notes += [AXIS_NOTES[f.axis.x]] if f.axis.x in AXIS_NOTES and f.kind in ("curves", "budget") else []
     notes += [x if "not reached within the budget" in x else _audit_note(x) for x in dict.fromkeys(flags)]
     notes.append(f"Mean ± sample std over seeds {rf.seeds}.")
     return Figure(f.name, rf.title, tuple(panels), tuple(f"[{i}] {n}" for i, n in enumerate(notes, 1)))
