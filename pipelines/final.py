@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipelines.plan import EvalUnit, Plan, RetrainKey, make_plan
-from pipelines.render import FIGURES_DIR, TABLES_DIR, Results, figure_path, history_needed, render, table_path
+from pipelines.render import FIGURES_DIR, TABLES_DIR, Results, figure_path, history_needed, render, table_path, \
+    weights_needed
 from pipelines.spec import PipelineSpec
 from pipelines.store import EVAL_JSON, TAG, Selection, Store
 from robust_core.config import RunConfig, build_run_config, dump_yaml
@@ -264,7 +265,8 @@ class Runner:
     def results(self) -> Results:
         """The plain values the outputs are rendered from (with the per-epoch histories the figures plot)."""
         return Results(self.plan, self.selections, self.retrains, self.evals,
-                       self.store.histories(history_needed(self.plan, self.retrains)), self.parent,
+                       self.store.histories(history_needed(self.plan, self.retrains)),
+                       self.store.weights(weights_needed(self.plan, self.retrains)), self.parent,
                        self.public_uri, self.exp, self.exp_id,
                        {"trained": self.trained, "reused": self.reused, "evaluated": self.evaluated,
                         "evals_reused": self.evals_reused})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +133,8 @@ class ResolvedFigure:
     seeds: list[int]
     attacks: list[AttackKey]
     footnotes: list[str]
+    x_scale: dict[tuple[str, str], float] = field(default_factory=dict)  # (setting key, norm) -> x per unit of ε
+    thresholds: dict[str, list[float]] = field(default_factory=dict)  # epochs_to_reach: setting key -> accuracies %
 
 
 @dataclass
@@ -147,6 +150,34 @@ class Plan:
 
 
 FIGURE_SUITE = {"curves": "curves", "budget": "budget", "bars": "whitebox"}  # figure kind -> the suite it plots
+
+
+def input_dim(dataset: str) -> int:
+    """d, the number of input values of one example of a registered dataset (C·H·W)."""
+    from robust_core.registry import DATASETS
+
+    return math.prod(DATASETS.get(dataset).info.shape)
+
+
+def axis_settings(f: FigureSpec, s: Setting, settings: EvalSettings) -> EvalSettings:
+    """The evaluation settings of figure ``f`` on setting ``s``: the profile's, with the radii of the figure's axis
+    (``FigureAxis.levels`` of the column's paper dataset) in place of the grids when it lists them."""
+    levels = f.axis.levels.get(s.paper or "")
+    if not levels:
+        return settings
+    if f.axis.x == "l2_norm":
+        root_d = math.sqrt(input_dim(s.dataset))
+        grids = {"l2_grid": tuple(levels), "eps_grid": tuple(x / root_d for x in levels)}
+    else:
+        grids = {"eps_grid": tuple(levels)}
+    return EvalSettings.model_validate({**settings.model_dump(), **grids})
+
+
+def axis_scale(f: FigureSpec, s: Setting) -> dict[str, float]:
+    """Norm -> the factor from an attack's radius ε to its x position on figure ``f``'s axis (1 when not listed)."""
+    if f.axis.x == "l2_norm":
+        return {"linf": math.sqrt(input_dim(s.dataset))}
+    return {"linf": 255.0} if f.axis.x == "eps255" else {}
 
 
 def map_attack(key: AttackKey, steps: tuple[int, ...]) -> AttackKey:
@@ -331,6 +362,8 @@ class Planner:
             b = rows_by_label[baseline]  # type: ignore[index]
             base = (self.retrain(b, setting, seed, item), self.inference(b))
         settings = self.eval_settings(setting)
+        if isinstance(item, FigureSpec):
+            settings = axis_settings(item, setting, settings)
         method = self.spec.methods[row.method].method if row.method is not None else None
         proto = self.protocol(suite, settings, tuple(n for n, _, _ in src), method)
         u = EvalUnit(suite, target, self.inference(row), settings, proto, src, base)
@@ -424,16 +457,19 @@ class Planner:
         suffix = f" ({self.spec.title_suffix})" if self.spec.title_suffix else ""
         foot: list[str] = []
         settings = []
+        thresholds: dict[str, list[float]] = {}
         for st in f.settings:
             s = self.setting(st.dataset, st.labels)
             if s is None:
                 foot.append(f"{display(st.dataset)} panel not computed in this profile (data not available here).")
             else:
                 settings.append(s)
+                thresholds[s.key] = st.thresholds or f.thresholds
         if not settings and self.spec.stand_in is not None:
             s = self.setting(f.settings[0].dataset, f.settings[0].labels, stand_in=True)
             if s is not None:
                 settings = [s]
+                thresholds[s.key] = f.settings[0].thresholds or f.thresholds
                 first = display(f.settings[0].dataset)
                 foot = [x for x in foot if not x.startswith(f"{first} panel")]
                 foot.insert(0, f"{s.display} stands in for {first} (not available in this profile).")
@@ -451,8 +487,10 @@ class Planner:
                                                for i in range(len(seeds))]
         attacks = [map_attack(a, self.steps(settings[0])) for a in f.attacks]
         for a in attacks if suite is not None else ():
-            self.check_attack(f"figures.{f.name}: attack {a}", suite, a, self.eval_settings(settings[0]))
-        return ResolvedFigure(f, f.title + suffix, settings, rows, evals, seeds, attacks, foot)
+            self.check_attack(f"figures.{f.name}: attack {a}", suite, a,
+                              axis_settings(f, settings[0], self.eval_settings(settings[0])))
+        x_scale = {(s.key, norm): v for s in settings for norm, v in axis_scale(f, s).items()}
+        return ResolvedFigure(f, f.title + suffix, settings, rows, evals, seeds, attacks, foot, x_scale, thresholds)
 
 
 def make_plan(spec: PipelineSpec, only: str | None = None) -> Plan:

@@ -16,7 +16,7 @@ from statistics import mean, stdev
 from typing import Any, Mapping
 
 from pipelines.figures import Figure, Panel, Series, figure_csv
-from pipelines.plan import CellRef, Plan, RetrainKey, ResolvedFigure, ResolvedTable
+from pipelines.plan import CellRef, Plan, RetrainKey, ResolvedFigure, ResolvedTable, input_dim
 from pipelines.reproduction import render_reproduction, table_record
 from pipelines.store import Selection
 from pipelines.tables import Cell, Row, Table, render_csv, render_latex, render_markdown
@@ -30,13 +30,16 @@ class Results:
 
     ``retrains``: retrain key -> {"run_id", "metrics": final metrics}; ``evals``: evaluation key -> {"run_id",
     "records": record dicts, "audit"}; ``history``: (run id, metric) -> {epoch: value} for every pair
-    ``history_needed`` names; ``counts``: trained, reused, evaluated, evals_reused (for the index).
+    ``history_needed`` names; ``weights``: run id -> {layer: flat array of its weights} of every run
+    ``weights_needed`` names (``pipelines.store.layer_weights``); ``counts``: trained, reused, evaluated,
+    evals_reused (for the index).
     """
     plan: Plan
     selections: Mapping[str, Selection]
     retrains: Mapping[RetrainKey, Mapping[str, Any]]
     evals: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     history: Mapping[tuple[str, str], Mapping[int, float]] = field(default_factory=dict)
+    weights: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # run id -> layer -> flat weights
     pipeline_run_id: str = ""
     tracking_uri: str = ""
     experiment: str = ""
@@ -195,13 +198,74 @@ def _bar_series(label: str, groups: list[list[float]]) -> Series:
                   tuple(b for _, b in agg))
 
 
-HISTORY_KEYS = {"epochs": ("train_acc", "test_acc"), "epochs_to_reach": ("test_acc",)}  # per figure kind
+def history_keys(f) -> tuple[str, ...]:
+    """The per-epoch metrics a figure plots (``FigureSpec``): its epoch curves, or the test accuracy it reaches."""
+    if f.kind == "epochs":
+        return tuple(f"{c}_acc" for c in f.epoch_curves)
+    return ("test_acc",) if f.kind == "epochs_to_reach" else ()
 
 
 def history_needed(plan: Plan, retrains: Mapping[RetrainKey, Mapping[str, Any]]) -> list[tuple[str, str]]:
     """(run id, metric) of every per-epoch history the plan's figures plot: what the runner fetches for ``Results``."""
     return list(dict.fromkeys((retrains[k]["run_id"], key) for rf in plan.figures
-                              for key in HISTORY_KEYS.get(rf.spec.kind, ()) for ks in rf.rows.values() for k in ks))
+                              for key in history_keys(rf.spec) for ks in rf.rows.values() for k in ks))
+
+
+def axis_label(x: str, norms: set[str], dataset: str) -> str:
+    """The x label of a curves/budget panel, in the unit of the figure's axis (``FigureAxis.x``)."""
+    norm = " / ".join(NORM_TEXT.get(n, n) for n in sorted(norms)) or "?"
+    if x == "l2_norm":  # the figure's note says what the level is (AXIS_NOTES)
+        return "noise level (L2 norm)" + (f"; ε∞ = level/√{input_dim(dataset)}" if "linf" in norms else "")
+    if x == "eps255":
+        return f"ε ({norm}, in 1/255 of the pixel range)"
+    return f"ε ({norm}, pixel units)"
+
+
+AXIS_NOTES = {"l2_norm": "Noise level: the L2 norm of the perturbation, inputs in [0, 1]. The L2 attack runs at ε = "
+                         "level; FGSM at ε∞ = level/√d (d: values per input), a sign perturbation of L2 norm = level "
+                         "before clipping to [0, 1]."}
+
+
+def weights_needed(plan: Plan, retrains: Mapping[RetrainKey, Mapping[str, Any]]) -> list[str]:
+    """Run ids of the retrains whose weights the plan's ``weights`` figures plot."""
+    return list(dict.fromkeys(retrains[k]["run_id"] for rf in plan.figures if rf.spec.kind == "weights"
+                              for ks in rf.rows.values() for k in ks))
+
+
+WEIGHT_BINS = 50  # histogram bins per layer, over the range of that layer's weights in all rows and seeds
+
+
+def _weight_panels(r: Results, rf: ResolvedFigure, s) -> list[Panel]:
+    """One panel per layer: for each row, the share of the layer's weights in each bin (%), mean ± std over seeds;
+    the bins span that layer's weights over every row and seed, so the rows' histograms are comparable."""
+    import numpy as np
+
+    f = rf.spec
+    runs = {row.label: [r.retrains[k]["run_id"] for k in rf.rows[(row.label, s.key)]] for row in f.rows}
+    first = r.weights[next(iter(runs.values()))[0]]
+    layers = f.layers or list(first)
+    panels = []
+    for layer in layers:
+        per_row: dict[str, list[Any]] = {}
+        for lab, ids in runs.items():
+            for run_id in ids:
+                w = r.weights.get(run_id, {}).get(layer)
+                if w is None:
+                    raise KeyError(f"figure {f.name}: no weights of layer {layer!r} of retrain run {run_id} (its "
+                                   f"conv/linear layers: {', '.join(r.weights.get(run_id, {})) or 'none fetched'})")
+                per_row.setdefault(lab, []).append(np.asarray(w, dtype=np.float64))
+        lo = min(float(w.min()) for ws in per_row.values() for w in ws)
+        hi = max(float(w.max()) for ws in per_row.values() for w in ws)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, WEIGHT_BINS + 1)
+        centres = tuple(round(float(c), 6) for c in (edges[:-1] + edges[1:]) / 2)
+        series = []
+        for lab, ws in per_row.items():
+            shares = [np.histogram(w, edges)[0] / w.size * 100 for w in ws]
+            agg = [_agg([float(h[i]) for h in shares]) for i in range(WEIGHT_BINS)]
+            series.append(Series(lab, centres, tuple(a for a, _ in agg), tuple(b for _, b in agg)))
+        panels.append(Panel(f"{s.header}: {layer}", "weight value", "share of the layer's weights (%)",
+                            tuple(series)))
+    return panels
 
 
 def _history(r: Results, k: RetrainKey, key: str) -> Mapping[int, float]:
@@ -227,14 +291,14 @@ def build_figure(r: Results, rf: ResolvedFigure) -> Figure:
                     for u in rf.evals[(row.label, s.key)]:
                         for rec in r.evals[u.key]["records"]:
                             if rec["suite"] == suite and rec["key"] == str(atk):
-                                pts.setdefault(rec["eps"], []).append(rec["accuracy"] * 100)
+                                x = round(rec["eps"] * rf.x_scale.get((s.key, rec["norm"]), 1.0), 6)
+                                pts.setdefault(x, []).append(rec["accuracy"] * 100)
                                 norms.add(rec["norm"])
                                 flags += rec.get("flags", [])
                     xs = sorted(pts)
                     agg = [_agg(pts[x]) for x in xs]
                     series.append(Series(row.label, tuple(xs), tuple(a for a, _ in agg), tuple(b for _, b in agg)))
-                norm = " / ".join(NORM_TEXT.get(n, n) for n in sorted(norms)) or "?"
-                panels.append(Panel(f"{s.header}: {atk.header}", f"ε ({norm}, pixel units)",
+                panels.append(Panel(f"{s.header}: {atk.header}", axis_label(f.axis.x, norms, s.dataset),
                                     "accuracy (%)", tuple(series), ylim=(0, 100)))
         elif f.kind == "bars":
             series = []
@@ -255,22 +319,27 @@ def build_figure(r: Results, rf: ResolvedFigure) -> Figure:
             for pair in (f.pairs or [[row.label for row in f.rows]]):
                 series = []
                 for lab in pair:
-                    for key, name, style in (("train_acc", "train", "dashed"), ("test_acc", "test", "solid")):
+                    for name, style in (("train", "dashed"), ("test", "solid")):
+                        if name not in f.epoch_curves:
+                            continue
                         per_epoch: dict[int, list[float]] = {}
                         for k in rf.rows[(lab, s.key)]:
-                            for ep, v in _history(r, k, key).items():
-                                per_epoch.setdefault(ep, []).append((1 - v) * 100)
+                            for ep, v in _history(r, k, f"{name}_acc").items():
+                                per_epoch.setdefault(ep, []).append((1 - v if f.epoch_y == "error" else v) * 100)
                         xs = sorted(per_epoch)
                         agg = [_agg(per_epoch[x]) for x in xs]
-                        series.append(Series(f"{lab} {name}", tuple(float(x) for x in xs),
-                                             tuple(a for a, _ in agg), tuple(b for _, b in agg), style))
-                panels.append(Panel(f"{s.header}: {' vs '.join(pair)}", "epoch", "error (%)", tuple(series)))
+                        series.append(Series(f"{lab} {name}" if len(f.epoch_curves) > 1 else lab,
+                                             tuple(float(x) for x in xs), tuple(a for a, _ in agg),
+                                             tuple(b for _, b in agg), style))
+                ylabel = ("" if len(f.epoch_curves) > 1 else f"{f.epoch_curves[0]} ") + f"{f.epoch_y} (%)"
+                panels.append(Panel(f"{s.header}: {' vs '.join(pair)}", "epoch", ylabel, tuple(series)))
         elif f.kind == "epochs_to_reach":
             series: list[Series] = []
             never: list[str] = []
+            thresholds = rf.thresholds.get(s.key, f.thresholds)
             for row in f.rows:
                 groups = []
-                for thr in f.thresholds:
+                for thr in thresholds:
                     eps_needed = []
                     keys = rf.rows[(row.label, s.key)]
                     for k in keys:
@@ -283,11 +352,14 @@ def build_figure(r: Results, rf: ResolvedFigure) -> Figure:
                     groups.append(eps_needed)
                 series.append(_bar_series(row.label, groups))
             panels.append(Panel(s.header, "test accuracy reached (%)", "epochs needed", tuple(series), kind="bar",
-                                xticklabels=tuple(f"{t:g}" for t in f.thresholds)))
+                                xticklabels=tuple(f"{t:g}" for t in thresholds)))
             if never:
                 flags.append(f"{s.header}: not reached within the budget (bars average the seeds that reached it; "
                              "no bar when none did): " + ", ".join(never))
+        elif f.kind == "weights":
+            panels += _weight_panels(r, rf, s)
     notes = list(rf.footnotes) + ([f"Paper: {f.paper}."] if f.paper else [])
+    notes += [AXIS_NOTES[f.axis.x]] if f.axis.x in AXIS_NOTES and f.kind in ("curves", "budget") else []
     notes += [x if "not reached within the budget" in x else _audit_note(x) for x in dict.fromkeys(flags)]
     notes.append(f"Mean ± sample std over seeds {rf.seeds}.")
     return Figure(f.name, rf.title, tuple(panels), tuple(f"[{i}] {n}" for i, n in enumerate(notes, 1)))
@@ -429,4 +501,4 @@ def _lineage(r: Results, ref: CellRef) -> dict[str, Any]:
 
 
 __all__ = ["Rendered", "Results", "build_figure", "build_table", "find_record", "history_needed", "render",
-           "render_index"]
+           "render_index", "weights_needed"]

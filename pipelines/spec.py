@@ -35,7 +35,7 @@ from typing_extensions import Annotated
 
 from robust_core.attacks.key import AttackKey
 from robust_core.attacks.settings import EvalOptions
-from robust_core.config import ConfigError, RobustValOptions, _format_errors, deep_merge, read_yaml
+from robust_core.config import ConfigError, Number, RobustValOptions, _format_errors, deep_merge, read_yaml
 
 PAPER_DATASETS = ("mnist", "svhn", "cifar10", "cifar100")
 PAPER_STEPS = (20, 40, 100)  # the papers' PGD/CW step counts; a profile's eval.steps maps onto them in order
@@ -184,20 +184,52 @@ class TableSpec(_Strict):
         return any(c.value == "attack" and c.attack is not None and c.attack.name != "clean" for c in self.columns)
 
 
-FigureKind = Literal["curves", "budget", "epochs", "epochs_to_reach", "bars"]
+FigureKind = Literal["curves", "budget", "epochs", "epochs_to_reach", "bars", "weights"]
 
 
 class SettingSpec(_Strict):
+    """One panel of a figure: a paper dataset (with its label count). thresholds: epochs_to_reach only, this panel's
+    test accuracies in % (None: the figure's ``thresholds``), e.g. FAT Fig. 3's 98 / 90 / 80 % per dataset."""
+
     dataset: str
     labels: int | None = Field(None, ge=1)
+    thresholds: list[float] | None = None
+
+
+XUnit = Literal["eps", "eps255", "l2_norm"]
+
+
+class FigureAxis(_Strict):
+    """The x-axis of a ``curves`` or ``budget`` figure: which radii its evaluations run and where they are plotted.
+
+    x: ``eps`` (each attack's radius in its own norm, pixel units of inputs in [0, 1]), ``eps255`` (the same radius
+    plotted in 1/255 of the pixel range: 8/255 at x = 8, as the ATLD paper writes ε) or ``l2_norm`` (the L2 norm of
+    the perturbation, one axis for both attacks: L2 attacks at ε = x, L∞ attacks at ε∞ = x/√d with d the input's
+    dimension, so that the sign perturbation of FGSM has L2 norm x before clipping to [0, 1]). levels: paper
+    dataset -> the radii, written in the unit of ``x`` (``l2_norm``: L2 norms; ``eps``/``eps255``: L∞ radii in
+    pixel units, ``8/255`` allowed); a dataset not listed keeps the profile's ``eval.eps_grid`` / ``l2_grid``."""
+
+    x: XUnit = "eps"
+    levels: dict[str, list[Annotated[Number, Field(ge=0)]]] = Field(default_factory=dict)
+
+    @field_validator("levels")
+    @classmethod
+    def _paper_datasets(cls, v: dict[str, list[float]]) -> dict[str, list[float]]:
+        bad = [d for d in v if d not in PAPER_DATASETS]
+        if bad:
+            raise ValueError(f"levels: unknown paper dataset(s) {bad}; one of {', '.join(PAPER_DATASETS)}")
+        return v
 
 
 class FigureSpec(_Strict):
     """kind: ``curves`` (accuracy vs ε of ``attacks`` ⊂ {fgsm, l2grad}, suite curves), ``budget`` (accuracy vs ε
-    of ``attacks`` ⊂ {pgd, cw}, suite budget), ``epochs`` (train/test error per epoch of the retrains; one panel per
-    pair in ``pairs``), ``epochs_to_reach`` (first epoch whose test accuracy reaches each of ``thresholds`` %),
-    ``bars`` (accuracy under ``attacks`` of suite whitebox, one group per attack). One panel per setting (× attack
-    for curves/budget)."""
+    of ``attacks`` ⊂ {pgd, cw}, suite budget), ``epochs`` (per epoch of the retrains, the ``epoch_curves`` (train,
+    test) as ``epoch_y`` (error or accuracy, %); one panel per pair in ``pairs``, else one for all rows),
+    ``epochs_to_reach`` (first epoch whose test accuracy reaches each of ``thresholds`` %, or of a setting's own),
+    ``bars`` (accuracy under ``attacks`` of suite whitebox, one group per attack), ``weights`` (histograms of the
+    retrained classifiers' weights, one panel per layer in ``layers``: state-dict names, default every conv and
+    linear weight). One panel per setting (× attack for curves/budget, × layer for weights). axis: curves/budget
+    only, the radii run and where they are plotted (``FigureAxis``)."""
 
     name: str = Field(pattern=NAME)
     title: str
@@ -207,10 +239,14 @@ class FigureSpec(_Strict):
     settings: list[SettingSpec] = Field(min_length=1)
     attacks: list[AttackField] = Field(default_factory=list)
     pairs: list[list[str]] = Field(default_factory=list)  # epochs: row labels shown together
+    epoch_curves: list[Literal["train", "test"]] = Field(default_factory=lambda: ["train", "test"], min_length=1)
+    epoch_y: Literal["error", "accuracy"] = "error"  # epochs: what is plotted per epoch, in %
+    layers: list[str] = Field(default_factory=list)  # weights: state-dict names of the layers; [] = every conv/linear
     thresholds: list[float] = Field(default_factory=list)  # epochs_to_reach: test accuracies in %
     seeds: list[int] | None = None
     selection: Selection | None = None  # None: robust for kinds curves, budget and bars (accuracy under attack)
     robust_attack: RobustAttack | None = None  # robust selection's attack; None: the profile's robust_val.attack
+    axis: FigureAxis = Field(default_factory=FigureAxis)  # curves/budget: the radii run and their x positions
 
     @property
     def reports_robust(self) -> bool:
@@ -378,8 +414,15 @@ def cross_problems(spec: PipelineSpec) -> list[str]:
                     for lab in pair:
                         if lab not in labels:
                             p.append(f"{where}: pairs names {lab!r}, not a row label")
-                if t.kind == "epochs_to_reach" and not t.thresholds:
-                    p.append(f"{where}: kind epochs_to_reach needs `thresholds:` (test accuracies in %)")
+                if t.kind == "epochs_to_reach" and not t.thresholds and not all(s.thresholds for s in t.settings):
+                    p.append(f"{where}: kind epochs_to_reach needs `thresholds:` (test accuracies in %), for the "
+                             "figure or for each of its settings")
+                if t.kind != "weights" and t.layers:
+                    p.append(f"{where}: `layers:` is for kind weights only")
+                if t.kind != "epochs" and {"epoch_curves", "epoch_y"} & t.model_fields_set:
+                    p.append(f"{where}: `epoch_curves:` and `epoch_y:` are for kind epochs only")
+                if t.kind != "epochs_to_reach" and any(s.thresholds is not None for s in t.settings):
+                    p.append(f"{where}: a setting's `thresholds:` is for kind epochs_to_reach only")
                 if t.kind in ("curves", "budget", "bars") and not t.attacks:
                     p.append(f"{where}: kind {t.kind} needs `attacks:`")
                 for s in t.settings:

@@ -104,6 +104,16 @@ class Store:
         """``history`` of every (run id, metric) in ``wanted``, each queried once."""
         return {w: self.history(*w) for w in dict.fromkeys(wanted)}
 
+    def weights(self, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The conv and linear weights of each retrain run's model (``layer_weights``), by run id."""
+        from robust_core.reporting import load_state
+
+        out: dict[str, dict[str, Any]] = {}
+        for run_id in dict.fromkeys(run_ids):
+            with tempfile.TemporaryDirectory() as tmp:  # data only: a crafted file cannot run code
+                out[run_id] = layer_weights(load_state(self.download_model(run_id, tmp), "model file")["model"])
+        return out
+
     def download_model(self, run_id: str, dest: str | Path) -> str:
         """Local path of a retrain run's model file, downloaded into ``dest``."""
         return self.download(run_id, MODEL_ARTIFACT, dest)
@@ -113,4 +123,11 @@ class Store:
         return tracking.client(self.uri).download_artifacts(run_id, artifact, str(dest))
 
 
-__all__ = ["EVAL_JSON", "MODEL_ARTIFACT", "Selection", "Store", "TAG", "tag"]
+def layer_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights of every conv and linear layer of a model's state dict (``*.weight`` with 2 or more dimensions;
+    batch-norm scales are 1-D and left out), flattened to float64 numpy arrays, in the state dict's order."""
+    return {k: v.detach().double().flatten().numpy() for k, v in state.items()
+            if k.endswith("weight") and getattr(v, "ndim", 0) >= 2}
+
+
+__all__ = ["EVAL_JSON", "layer_weights", "MODEL_ARTIFACT", "Selection", "Store", "TAG", "tag"]

@@ -16,7 +16,8 @@ PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 CATALOG_TABLES = {"xvat_ssl", "xvat_supervised", "xvat_time", "ater_supervised", "vater_ssl", "fat_ssl",
                   "fat_sensitivity", "fat_time", "atld_whitebox", "atld_transfer", "atld_autoattack", "atld_adaptive",
                   "shaham_fixed_set"}
-CATALOG_FIGURES = {"ater_noise", "ater_epochs", "fat_epochs_to_reach", "atld_ablation", "atld_budget", "shaham_fgsm"}
+CATALOG_FIGURES = {"ater_noise", "ater_epochs", "fat_test_accuracy", "fat_epochs_to_reach", "atld_ablation",
+                   "atld_budget", "shaham_fgsm", "shaham_epochs", "xvat_weights"}
 
 
 def _profile(tmp_path, **over) -> Path:
@@ -73,7 +74,8 @@ def test_laptop_drops_unavailable_columns_and_stands_in_for_tables_without_any()
     assert any("stands in for CIFAR-10" in f for f in wb.footnotes)
     assert all("reduced budget" in x.title for x in plan.tables + plan.figures)
     budget = next(f for f in plan.figures if f.spec.name == "atld_budget")
-    assert budget.footnotes == ["mnist5k stands in for CIFAR-10 (not available in this profile)."]
+    assert budget.footnotes == ["mnist5k stands in for CIFAR-10 (not available in this profile).",
+                                "CIFAR-100 panel not computed in this profile (data not available here)."]
     noise = next(f for f in plan.figures if f.spec.name == "ater_noise")  # MNIST panel kept, CIFAR-10 one dropped
     assert [s.header for s in noise.settings] == ["mnist5k"]
     assert noise.footnotes == ["CIFAR-10 panel not computed in this profile (data not available here)."]
