@@ -124,7 +124,16 @@ def find_or_start_run(uri: str, experiment_id: str, name: str, tags: Mapping[str
                                     order_by=["attributes.start_time ASC"])
     if found:
         return found[0].info.run_id, False
-    return start_run(uri, experiment_id, name, tags, parent_run_id), True
+    start_run(uri, experiment_id, name, tags, parent_run_id)
+    # MLflow's HTTP client retries a create_run that timed out although the server had processed it (a slow server,
+    # seen under load): the same run twice, same tags and start time. Keep one, the earliest (ties by id, so every
+    # caller keeps the same one), and delete the others, so a key has exactly one run.
+    same = client(uri).search_runs([experiment_id], filter_string=filt, max_results=100)
+    keep = min(same, key=lambda r: (r.info.start_time, r.info.run_id))
+    for r in same:
+        if r.info.run_id != keep.info.run_id:
+            client(uri).delete_run(r.info.run_id)
+    return keep.info.run_id, True
 
 
 def log_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:

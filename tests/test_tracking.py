@@ -42,6 +42,28 @@ def test_find_or_start_run_reuses_by_key_tags(store):
     assert runs[0].info.run_name == "abc_001"
 
 
+def test_a_create_retried_by_the_http_client_leaves_one_run(store, monkeypatch):
+    """MLflow's client retries a create_run that timed out on a slow server although the server created the run
+    (seen in the fault tests under load: two runs per trial, same tags and start time): one run is kept."""
+    uri, exp = store
+    tags = {"robust_sweep.kind": "trial", "robust_sweep.trial_id": "t1", "robust_sweep.sweep": "s"}
+    keys = ["robust_sweep.sweep", "robust_sweep.trial_id"]
+    real = tracking.start_run
+    made = []
+
+    def twice(*a, **k):  # the request processed, its response lost, the retry processed again
+        made.extend([real(*a, **k), real(*a, **k)])
+        return made[-1]
+
+    monkeypatch.setattr(tracking, "start_run", twice)
+    rid, created = tracking.find_or_start_run(uri, exp, "t1", tags, keys)
+    monkeypatch.setattr(tracking, "start_run", real)
+    assert created and len(made) == 2 and rid in made
+    runs = tracking.find_runs(uri, "exp", "tags.`robust_sweep.trial_id` = 't1'")
+    assert [r.info.run_id for r in runs] == [rid]
+    assert tracking.find_or_start_run(uri, exp, "t1", tags, keys) == (rid, False)
+
+
 def test_reporter_logs_each_epoch_once_and_closes(store, tmp_path):
     uri, exp = store
     rid = tracking.start_run(uri, exp, "t")
