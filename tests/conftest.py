@@ -58,6 +58,17 @@ def tiny_model(name: str, info, dtype=torch.float32, seed: int = 0) -> torch.nn.
     return cls(info, **small.get(name, getattr(cls, "tiny_params", {}))).to(dtype)
 
 
+def linear_6x6(seed: int = 0) -> torch.nn.Module:
+    """A 4-class linear classifier of 1x6x6 inputs (seeded), in eval mode: the attack layer's tiny target."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 4)).eval()
+
+
+def data_6x6(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` seeded random 1x6x6 images in [0, 1] with labels in 0..3."""
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 6, 6, generator=g), torch.randint(0, 4, (n,), generator=g)
+
 @pytest.fixture(scope="session")
 def mlflow_template_db(tmp_path_factory):
     """An MLflow SQLite store with the schema created once (creating it takes ~10 s); ``store`` copies it."""

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from pipelines.plan import make_plan
 from pipelines.render import fixed_set_note
 from pipelines.spec import load_pipeline_spec
+from conftest import data_6x6, linear_6x6
 from robust_core.attacks import gradient
 from robust_core.attacks.base import predict
 from robust_core.attacks.evaluate import code_files, evaluate
@@ -24,13 +24,11 @@ PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
 
 def _linear(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(36, 4)).eval()
+    return linear_6x6(seed)
 
 
 def _data(n=200):
-    g = torch.Generator().manual_seed(1)
-    return torch.rand(n, 1, 6, 6, generator=g), torch.randint(0, 4, (n,), generator=g)
+    return data_6x6(n)
 
 
 # ------------------------------------------------------------------------------------------------- fixed sets

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from torch import nn
 
 from pipelines.plan import make_plan
 from pipelines.render import find_record
 from pipelines.spec import load_pipeline_spec
+from conftest import data_6x6, linear_6x6
 from robust_core.attacks.base import Attack, predict
 from robust_core.attacks.evaluate import SuiteModels, code_files, evaluate, fingerprint, run_suite
 from robust_core.attacks.gradient import FGSM
@@ -54,13 +54,11 @@ def scratch_registries(monkeypatch):
 
 
 def _linear(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(36, 4)).eval()
+    return linear_6x6(seed)
 
 
 def _data(n=40):
-    g = torch.Generator().manual_seed(1)
-    return torch.rand(n, 1, 6, 6, generator=g), torch.randint(0, 4, (n,), generator=g)
+    return data_6x6(n)
 
 
 def _spec(tmp_path, *, suite="whitebox", attack="pgd-20", **raw) -> Path:
