@@ -118,22 +118,31 @@ def start_run(uri: str, experiment_id: str, name: str, tags: Mapping[str, str] |
 def find_or_start_run(uri: str, experiment_id: str, name: str, tags: Mapping[str, str], key_tags: list[str],
                       parent_run_id: str | None = None) -> tuple[str, bool]:
     """The run whose ``key_tags`` equal ``tags`` (reused after a restart, so no duplicates), else a new one.
-    Returns (run_id, created)."""
+    Returns (run_id, created).
+
+    MLflow's HTTP client retries a create_run that timed out on a slow server although the server had processed it:
+    the same run twice (same tags, same start time; seen in the fault tests under load), the second one possibly
+    visible only later. Whenever several runs share the key, the earliest is kept (ties by id, so every caller keeps
+    the same one) and the others are deleted: a resumed trial logs its checkpoint's history into the kept run again,
+    so nothing logged to a deleted twin is lost."""
     filt = " and ".join(f"tags.`{k}` = '{tags[k]}'" for k in key_tags)
-    found = client(uri).search_runs([experiment_id], filter_string=filt, max_results=2,
-                                    order_by=["attributes.start_time ASC"])
+
+    def search() -> list:
+        return client(uri).search_runs([experiment_id], filter_string=filt, max_results=100)
+
+    found = search()
     if found:
-        return found[0].info.run_id, False
+        return _one_run(uri, found), False
     start_run(uri, experiment_id, name, tags, parent_run_id)
-    # MLflow's HTTP client retries a create_run that timed out although the server had processed it (a slow server,
-    # seen under load): the same run twice, same tags and start time. Keep one, the earliest (ties by id, so every
-    # caller keeps the same one), and delete the others, so a key has exactly one run.
-    same = client(uri).search_runs([experiment_id], filter_string=filt, max_results=100)
-    keep = min(same, key=lambda r: (r.info.start_time, r.info.run_id))
-    for r in same:
+    return _one_run(uri, search()), True
+
+
+def _one_run(uri: str, runs: list) -> str:
+    keep = min(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+    for r in runs:
         if r.info.run_id != keep.info.run_id:
             client(uri).delete_run(r.info.run_id)
-    return keep.info.run_id, True
+    return keep.info.run_id
 
 
 def log_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:

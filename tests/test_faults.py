@@ -147,7 +147,7 @@ def start_driver(cfg: Path, cluster, server, log: Path, *extra: str, gates: Gate
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float = 400) -> dict:
     rc = proc.wait(timeout)
-    text = log.read_text()
+    text = "\n" + log.read_text()  # the summary may be the driver's very first line (quiet console)
     assert rc == 0, f"driver exited with {rc}:\n{text[-6000:]}"
     start = text.rindex("\n{\n") + 1  # the summary JSON, printed last (Ray may log a line after it)
     return json.loads(text[start:text.index("\n}\n", start) + 2])

@@ -62,6 +62,12 @@ def test_a_create_retried_by_the_http_client_leaves_one_run(store, monkeypatch):
     runs = tracking.find_runs(uri, "exp", "tags.`robust_sweep.trial_id` = 't1'")
     assert [r.info.run_id for r in runs] == [rid]
     assert tracking.find_or_start_run(uri, exp, "t1", tags, keys) == (rid, False)
+    # a twin that becomes visible only later (its create was still queued on the server) is removed by the next lookup
+    twin = real(uri, exp, "t1", tags)
+    found, created = tracking.find_or_start_run(uri, exp, "t1", tags, keys)
+    keep = min(tracking.client(uri).get_run(r).info.start_time for r in (rid, twin))
+    assert not created and tracking.client(uri).get_run(found).info.start_time == keep
+    assert [r.info.run_id for r in tracking.find_runs(uri, "exp", "tags.`robust_sweep.trial_id` = 't1'")] == [found]
 
 
 def test_reporter_logs_each_epoch_once_and_closes(store, tmp_path):
