@@ -40,12 +40,16 @@ def seeded(cfg: RunConfig, seed: int, vary: list[str]) -> RunConfig:
 # ---------------------------------------------------------------------------------------------------- Ray tasks
 def _retrain_task(cfg_dict: dict[str, Any], uri: str, run_id: str, out_dir: str) -> dict[str, Any]:
     """Runs in a Ray worker: train one seed (test accuracy per epoch, for learning curves), log to its MLflow run."""
-    from robust_core.tracking import MLflowReporter, log_artifact_file
+    from robust_core.tracking import MLflowReporter, log_artifact_file, log_metrics
     from robust_core.trial import MODEL_FILE, run_trial
 
+    clock = {"t0": time.perf_counter(), "entry_at": time.time()}  # timing.* (benchmarks/laptop_breakdown.py)
     cfg = build_run_config(cfg_dict)
-    final, _ = run_trial(cfg, MLflowReporter(uri, run_id), out_dir=out_dir, evaluate_test=True, test_each_epoch=True)
+    final, _ = run_trial(cfg, MLflowReporter(uri, run_id), out_dir=out_dir, evaluate_test=True, test_each_epoch=True,
+                         timing=clock)
+    t0 = time.perf_counter()
     log_artifact_file(uri, run_id, str(Path(out_dir) / MODEL_FILE), "model")
+    log_metrics(uri, run_id, {"timing.upload_s": time.perf_counter() - t0})
     return {k: v for k, v in final.items() if isinstance(v, (int, float, str))}
 
 
@@ -57,6 +61,7 @@ def _eval_task(unit: EvalUnit, uri: str, models: dict[str, str], eval_run_id: st
     import torch
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    t_entry, entry_at = time.perf_counter(), time.time()  # timing.* (benchmarks/laptop_breakdown.py)
     from robust_core.attacks.evaluate import run_suites, wire
     from robust_core.attacks.records import write_json
     from robust_core.data import prepare_data
@@ -73,14 +78,20 @@ def _eval_task(unit: EvalUnit, uri: str, models: dict[str, str], eval_run_id: st
                                  sources={n: (f"source_{n}", inf) for n, _, inf in unit.sources},
                                  baseline=None if unit.baseline is None else ("baseline", unit.baseline[1]),
                                  where=f"evaluation {unit.key}")
+        t_load = time.perf_counter()
         data = prepare_data(cfg.data).test
+        t_data = time.perf_counter()
         torch.manual_seed(unit.settings.seed)
         res = run_suites([unit.suite], suite_models, data, unit.settings)
+        t_attack = time.perf_counter()
     records = [r.to_dict() for r in res.records]
     with tempfile.TemporaryDirectory() as tmp:
         p = write_json(Path(tmp) / EVAL_JSON, res.records, res.audit, {"suite": unit.suite, "unit": _unit_meta(unit)})
         log_artifact_file(uri, eval_run_id, str(p))
     log_metrics(uri, eval_run_id, {r.metric_name: r.accuracy for r in res.records})
+    log_metrics(uri, eval_run_id, {"timing.load_s": t_load - t_entry, "timing.data_s": t_data - t_load,
+                                   "timing.attack_s": t_attack - t_data, "timing.entry_at": entry_at,
+                                   "timing.wall_s": time.perf_counter() - t_entry, "timing.end_at": time.time()})
     set_tags(uri, eval_run_id, {f"{TAG}audit_flags": str(len(res.audit))})
     set_status(uri, eval_run_id, "FINISHED")
     return {"records": records, "audit": res.audit}
@@ -332,7 +343,7 @@ def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run
     if dry_run:
         return {"tables": {}, "figures": {}, "trained": 0, "reused": 0, "evaluated": 0, "evals_reused": 0,
                 "errored_trials": 0, "parent_run_id": None, "output_dir": spec.output_dir, "estimate": est}
-    from robust_core.tracking import prepare_store, set_status, start_run
+    from robust_core.tracking import log_metrics, prepare_store, set_status, start_run
     from sweeps.runner import init_ray
 
     r = Runner(plan, log, public_uri)
@@ -340,13 +351,25 @@ def run_pipeline(spec: PipelineSpec, only: str | None = None, log=print, dry_run
     r.exp_id = exp_id = prepare_store(r.uri, r.exp)
     Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
     init_ray(spec.resources.cpu)
+    phases = {"timing.start_at": time.time()}  # the pipeline run's timing.* (benchmarks/laptop_breakdown.py)
+    t0 = time.perf_counter()
     r.run_sources()
+    phases["timing.sweeps_s"] = time.perf_counter() - t0
     r.parent = start_run(r.uri, exp_id, f"final-{spec.name}" + (f"-{only}" if only else ""),
                          {f"{TAG}kind": "pipeline", f"{TAG}pipeline": spec.name})
     try:
+        t0, phases["timing.retrains_at"] = time.perf_counter(), time.time()
         r.run_retrains(exp_id)
+        t1, phases["timing.evals_at"] = time.perf_counter(), time.time()
         r.run_evals(exp_id)
+        t2 = time.perf_counter()
         written = r.write_outputs()
+        phases.update({"timing.retrains_s": t1 - t0, "timing.evals_s": t2 - t1,
+                       "timing.outputs_s": time.perf_counter() - t2})
+        import ray
+
+        phases["timing.cpus"] = float(ray.cluster_resources().get("CPU", 0))
+        log_metrics(r.uri, r.parent, phases)
     except BaseException:
         set_status(r.uri, r.parent, "FAILED")
         raise

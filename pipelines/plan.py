@@ -388,6 +388,7 @@ class Planner:
                 s0 = next(s for _, s in avail if s is not None)
                 foot.append(f"{s0.display} stands in for {display(first or '')} (not available in this profile); the "
                             "paper's values are for a different dataset and are not shown beside stand-in cells.")
+            relabelled: list[str] = []
             dropped = [c.label for c, s in avail if s is None]
             if dropped:
                 foot.append("Columns not computed in this profile (data not available here): " + ", ".join(dropped)
@@ -409,23 +410,30 @@ class Planner:
                 same_attack = c.attack is None or map_attack(c.attack, steps) == c.attack
                 faithful = not s.stand_in and s.display == paper_name and s.labels == c.labels and same_attack
                 renamed = c.label.startswith(paper_hdr) and same_attack
+                s_hdr = s.header
+                if c.labels and s.labels != c.labels:  # the profile's labels map: say which paper column it is
+                    s_hdr = f"{s.display} ({s.labels}; paper {c.labels})"
+                    relabelled.append(f"{s.labels} labels for the paper's {c.labels}")
                 if faithful:
                     header = c.label
                 elif renamed:  # "MNIST error" -> "mnist5k error"
-                    header = s.header + c.label[len(paper_hdr):]
+                    header = s_hdr + c.label[len(paper_hdr):]
                 elif c.value == "attack":
                     from robust_core.attacks.suites import BASELINE, CLASSIFIER
 
                     key = map_attack(c.attack, steps)  # type: ignore[arg-type]
                     rest = c.label[len(paper_hdr):] if c.label.startswith(paper_hdr) else ""
                     if f" {c.attack.header}" in rest:  # "CIFAR-10 PGD-20 from Standard" -> "... PGD-2 from Standard"
-                        header = s.header + rest.replace(c.attack.header, key.header, 1)  # type: ignore[union-attr]
+                        header = s_hdr + rest.replace(c.attack.header, key.header, 1)  # type: ignore[union-attr]
                     else:
                         src = f" from {key.source}" if key.source not in (None, BASELINE, CLASSIFIER) else ""
-                        header = f"{s.header} {key.header}{src}"
+                        header = f"{s_hdr} {key.header}{src}"
                 else:
-                    header = s.header
+                    header = s_hdr
                 cols.append(ResolvedColumn(c, s, header, show_paper=not s.stand_in))
+            if relabelled:
+                foot.append("This profile maps label counts (`labels:` of its datasets): " + ", ".join(
+                    dict.fromkeys(relabelled)) + "; a header names both.")
         if not cols:
             return None
         from robust_core.attacks.suites import SUITES

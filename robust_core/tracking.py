@@ -333,6 +333,9 @@ class MLflowReporter(Reporter):
         self._start_ms = 0  # the run's start time (read with the logged epochs)
         self._train_s = 0.0  # training time up to the last epoch seen (sum of epoch_time_s): timestamps
         self._first = True  # the first epoch to send: tells a resumed attempt from one that started over
+        self._ended = False  # the run's end is queued
+        self.send_s = 0.0  # wall seconds the sender thread spent in MLflow calls (off the training's path)
+        self.open_s = 0.0  # of which creating the run (``open_run``)
         self._error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="mlflow-reporter", daemon=True)
@@ -367,8 +370,11 @@ class MLflowReporter(Reporter):
         extra = {k: v for k, v in numeric(final).items() if k not in self._epoch_keys}
         tags = {f"{TAG}.{k}": v for k, v in final.items() if isinstance(v, str)}
         tags[f"{TAG}.epochs_done"] = epoch
+        if any(k.startswith("timing.") for k in extra):
+            extra.update({"timing.mlflow_send_s": self.send_s, "timing.mlflow_open_s": self.open_s})
         if extra:
             self._queue.put(("metrics", (extra, epoch, _now_ms())))
+        self._ended = True
         self._queue.put(("end", (tags, "FINISHED")))
         self.flush()
         self._raise_if_failed()
@@ -380,9 +386,15 @@ class MLflowReporter(Reporter):
         t = {f"{TAG}.error": reason[:5000], **(tags or {})}
         if details:
             self._queue.put(("text", ("error.txt", details)))
+        self._ended = True
         self._queue.put(("end", (t, status)))
         self.flush()
         self._raise_if_failed()
+
+    def metrics(self, values: Mapping[str, float], step: int) -> None:
+        """Queue extra metrics at ``step`` (e.g. a stopped trial's ``timing.*``); dropped once the run's end is queued."""
+        if not self._ended and values:
+            self._queue.put(("metrics", (dict(values), step, _now_ms())))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is sent (or the sender gave up); True when the queue drained."""
@@ -408,10 +420,14 @@ class MLflowReporter(Reporter):
                 payload.set()
                 continue
             if self._error is None:  # after giving up, items are dropped: they stay in the trial's checkpoint
+                t0 = time.perf_counter()
                 try:
                     self._retrying(kind, payload)
                 except BaseException as e:  # noqa: BLE001 - handed to the trial on its next report/close
                     self._error = e
+                self.send_s += time.perf_counter() - t0
+                if kind == "open":  # creating the run, with the first MLflow import and store connection
+                    self.open_s = time.perf_counter() - t0
             if kind == "end":
                 return
 

@@ -325,21 +325,30 @@ def _raise_if_diverged(cfg: RunConfig, epoch: int, meter: EpochMeter,
 
 
 def fit(cfg: RunConfig, reporter: Reporter | None = None, data: PreparedData | None = None,
-        progress: bool = False, test_each_epoch: bool = False) -> FitResult:
+        progress: bool = False, test_each_epoch: bool = False, timing: dict[str, float] | None = None) -> FitResult:
     """Train ``cfg``; resumes from ``reporter.restore()`` when it has a checkpoint. Restores the caller's global
     deterministic-algorithms setting on return. ``test_each_epoch`` adds the test accuracy to every epoch's metrics
-    (for learning-curve figures of final retrains only; sweeps never set it, so selection cannot see it)."""
+    (for learning-curve figures of final retrains only; sweeps never set it, so selection cannot see it).
+
+    ``timing``: a dict updated in place as training goes (so a trial stopped inside a report still has it), wall
+    seconds: ``setup_s`` (data, model, method, restore: entry to the first step), ``train_s`` (the steps),
+    ``val_s`` (clean validation), ``robust_val_s``, ``test_s`` (per-epoch test accuracy), ``report_s`` (the
+    reporters: checkpoint, Tune, MLflow queue); ``first_step_s`` from ``timing["t0"]`` (a caller's
+    ``time.perf_counter()`` at its start) when given. ``benchmarks/laptop_breakdown.py`` reads them from MLflow."""
     was = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _fit(cfg, reporter, data, progress, test_each_epoch)
+        return _fit(cfg, reporter, data, progress, test_each_epoch, {} if timing is None else timing)
     finally:
         torch.use_deterministic_algorithms(was[0], warn_only=was[1])
 
 
 def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, progress: bool,
-         test_each_epoch: bool = False) -> FitResult:
+         test_each_epoch: bool, clock: dict[str, float]) -> FitResult:
+    t_enter = time.perf_counter()
+    for k in ("train_s", "val_s", "robust_val_s", "test_s", "report_s"):
+        clock.setdefault(k, 0.0)
     t = cfg.train
     dev = resolve_device(t.device)
     seed_everything(t.seed)
@@ -430,6 +439,9 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
 
     autocast = (lambda: torch.autocast(dev.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     params = list(model.parameters()) + list(aux.parameters())
+    clock["setup_s"] = clock.get("setup_s", 0.0) + time.perf_counter() - t_enter
+    if "t0" in clock:  # the caller's start (a trial function's entry): how long until the first step
+        clock["first_step_s"] = time.perf_counter() - clock["t0"]
     for epoch in range(start_epoch, t.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -464,23 +476,34 @@ def _fit(cfg: RunConfig, reporter: Reporter | None, data: PreparedData | None, p
             _raise_if_diverged(cfg, epoch, meter, e)
             raise
         metrics: dict[str, Any] = _raise_if_diverged(cfg, epoch, meter)
+        t1 = time.perf_counter()
+        clock["train_s"] += t1 - t0
         xv, yv = val_xy
         metrics["epoch"] = epoch + 1
         if len(yv):  # none when data.n_val = 0 (a final retrain on train ∪ validation)
             val = evaluate(method.inference_model(model), xv, yv, t.eval_batch_size)
             metrics.update(val_acc=val["acc"], val_loss=val["loss"])
-        metrics.update(lr=sched.get_last_lr()[0], step=(epoch + 1) * spe, epoch_time_s=time.perf_counter() - t0)
+        t2 = time.perf_counter()
+        clock["val_s"] += t2 - t1
+        metrics.update(lr=sched.get_last_lr()[0], step=(epoch + 1) * spe, epoch_time_s=t2 - t0)
         rv = t.robust_val  # after epoch_time_s too: timed apart (val_robust_time_s), so epoch times stay comparable
         if rv is not None and len(yv) and rv.due(epoch + 1, t.epochs):
             metrics.update(robust_validation(method.inference_model(model), xv, yv, rv, cfg.data.name,
                                              t.eval_batch_size))
+            clock["robust_val_s"] += metrics["val_robust_time_s"]
         if test_each_epoch:  # after epoch_time_s: the timing is of training and validation only
+            t3 = time.perf_counter()
             xt, yt = data.test
             te = evaluate(method.inference_model(model), xt, yt, t.eval_batch_size)
             metrics.update(test_acc=te["acc"], test_loss=te["loss"])
+            clock["test_s"] += time.perf_counter() - t3
         history.append(metrics)
         if reporter is not None:
-            reporter.report(metrics, checkpoint(epoch + 1))
+            t4 = time.perf_counter()
+            try:
+                reporter.report(metrics, checkpoint(epoch + 1))
+            finally:  # also when the report ends the trial (a scheduler's stop)
+                clock["report_s"] += time.perf_counter() - t4
     if bar is not None:
         bar.close()
     return FitResult(model, method, data, history, start_epoch)

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,17 @@ MODEL_FILE = "model.pt"
 
 def run_trial(cfg: RunConfig, reporter: Reporter | None = None, *, out_dir: str | Path | None = None,
               evaluate_test: bool = False, progress: bool = False, data: PreparedData | None = None,
-              test_each_epoch: bool = False) -> tuple[dict[str, Any], FitResult]:
+              test_each_epoch: bool = False, timing: dict[str, float] | None = None
+              ) -> tuple[dict[str, Any], FitResult]:
     """Train one config; returns (final metrics, fit result). Writes ``model.pt`` + ``config.yaml`` to ``out_dir``.
-    ``test_each_epoch`` (final retrains only, implies ``evaluate_test``): test accuracy in every epoch's metrics."""
-    res = fit(cfg, reporter, data=data, progress=progress, test_each_epoch=test_each_epoch)
+    ``test_each_epoch`` (final retrains only, implies ``evaluate_test``): test accuracy in every epoch's metrics.
+
+    ``timing``: updated in place (see ``fit``), plus ``test_s`` for the final test evaluation and ``save_s``; the
+    final metrics carry them as ``timing.<key>``, with ``timing.wall_s`` from ``timing["t0"]`` (a
+    ``time.perf_counter()`` the caller took at its start; default: this call's start)."""
+    clock = {} if timing is None else timing
+    clock.setdefault("t0", time.perf_counter())
+    res = fit(cfg, reporter, data=data, progress=progress, test_each_epoch=test_each_epoch, timing=clock)
     final: dict[str, Any] = dict(res.last)
     if "val_acc" in res.last:  # absent when the run has no validation split (data.n_val = 0)
         final["best_val_acc"] = max(h["val_acc"] for h in res.history)
@@ -35,14 +43,29 @@ def run_trial(cfg: RunConfig, reporter: Reporter | None = None, *, out_dir: str 
     final["config_fingerprint"] = cfg.fingerprint()
     final["mean_epoch_time_s"] = sum(h["epoch_time_s"] for h in res.history) / len(res.history)
     if evaluate_test or test_each_epoch:
+        t0 = time.perf_counter()
         xt, yt = res.data.test
         te = evaluate(res.inference_model, xt, yt, cfg.train.eval_batch_size)
         final.update(test_acc=te["acc"], test_loss=te["loss"], n_test=len(yt))
+        clock["test_s"] = clock.get("test_s", 0.0) + time.perf_counter() - t0
     if out_dir is not None:
+        t0 = time.perf_counter()
         save_trained(res, cfg, Path(out_dir))
+        clock["save_s"] = time.perf_counter() - t0
+    final.update(timing_metrics(clock))
     if reporter is not None:
         reporter.close(final)
     return final, res
+
+
+def timing_metrics(clock: dict[str, float]) -> dict[str, float]:
+    """``timing.<key>`` metrics from a ``timing`` dict (``wall_s`` = now − ``t0``; ``t0`` itself is not logged)."""
+    out = {f"timing.{k}": float(v) for k, v in clock.items() if k != "t0"}
+    if "t0" in clock:
+        out["timing.wall_s"] = time.perf_counter() - clock["t0"]
+    if "entry_at" in clock:  # a timeline (unix seconds) for the breakdown of a sweep's slots
+        out["timing.end_at"] = time.time()
+    return out
 
 
 def save_trained(res: FitResult, cfg: RunConfig, out_dir: Path) -> Path:

@@ -247,11 +247,12 @@ def make_trainable(cfg: SweepConfig, uri: str, experiment_id: str, parent_run_id
     gates = os.environ.get(TEST_GATES_ENV)
 
     def robust_sweep_trial(config: dict[str, Any]) -> None:
+        clock = {"t0": time.perf_counter(), "entry_at": time.time()}  # timing.* metrics (benchmarks/laptop_breakdown.py)
         run_cfg = cfg.trial_config(config)  # flat Tune dict -> typed RunConfig, first thing
         import ray
         from ray import tune
 
-        from robust_core.trial import run_trial
+        from robust_core.trial import run_trial, timing_metrics
 
         node = ray.get_runtime_context().get_node_id()
         if local_storage and driver_node_id is not None and node != driver_node_id:
@@ -271,16 +272,24 @@ def make_trainable(cfg: SweepConfig, uri: str, experiment_id: str, parent_run_id
 
         mlflow = tracking.MLflowReporter(uri, open_run=open_run, max_outage_s=outage_s)
         tune_reporter = TuneReporter(gates)
+
+        def timing() -> dict[str, float]:  # what a trial that never closed its run (stopped, diverged) logs at the end
+            return {**timing_metrics(clock), "timing.mlflow_send_s": mlflow.send_s,
+                    "timing.mlflow_open_s": mlflow.open_s}
+
         fault_gate(gates, "start", trial_id)
         try:
             # MLflow first: it only queues, and a trial ASHA stops is ended inside tune.report
-            run_trial(run_cfg, Many(mlflow, tune_reporter))
+            run_trial(run_cfg, Many(mlflow, tune_reporter), timing=clock)
         except TrainingDiverged as e:
             reason = str(e).splitlines()[0]
+            mlflow.metrics(timing(), e.epoch or 0)
             mlflow.fail(reason, traceback.format_exc(), {f"{TAG}.failure": "diverged"})
             tune.report({"diverged": 1, "failure": reason, "diverged_epoch": e.epoch or 0,
                          cfg.metric: tune_reporter.last.get(cfg.metric, math.nan)})
         finally:  # also when ASHA stops the trial: what is still queued goes out (else the driver logs it)
+            # a trial stopped inside a report never closed its run: its timing goes with the last epoch
+            mlflow.metrics(timing(), int(tune_reporter.last.get("epoch", 0)))
             mlflow.flush(timeout=30)
         fault_gate(gates, "end", trial_id)
 

