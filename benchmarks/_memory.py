@@ -84,8 +84,8 @@ class Flops(TorchDispatchMode):
         return out
 
 
-def one_step_accounting(cfg, info, batch: int, unlabeled: int, n_train: int, steps: int = 2, fake: bool = True
-                        ) -> dict[str, int]:
+def one_step_accounting(cfg, info, batch: int, unlabeled: int, n_train: int, steps: int = 2, fake: bool = True,
+                        memory: bool = True) -> dict[str, int]:
     """Passes and peak bytes of ``steps`` training steps of ``cfg`` on fake tensors (nothing is computed).
 
     Mirrors ``fit``'s step: the method's loss under the configured autocast (CPU autocast here; bf16 covers the same
@@ -96,7 +96,8 @@ def one_step_accounting(cfg, info, batch: int, unlabeled: int, n_train: int, ste
     plus ``peak_bytes`` over all steps (parameters, gradients, optimiser state, activations, temporaries),
     ``state_bytes`` (what stays between steps: parameters, buffers, gradients, optimiser state) and
     ``flops``: matmul/conv FLOPs of the first step's loss and backward, auxiliary networks included
-    (``Flops``; elementwise ops and the optimiser are not counted).
+    (``Flops``; elementwise ops and the optimiser are not counted). ``memory=False``: passes only (hooks, no
+    dispatch mode, real tensors): no ``peak_bytes``, ``state_bytes`` or ``flops``.
     """
     import torch.autograd.forward_ad as fwAD
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -122,8 +123,8 @@ def one_step_accounting(cfg, info, batch: int, unlabeled: int, n_train: int, ste
         if out.requires_grad:
             out.register_hook(lambda g: counts.__setitem__("bwd", counts["bwd"] + n) if counting[0] else None)
 
-    flops = Flops()
-    with FakeTensorMode() if fake else nullcontext(), LiveBytes() as mem:
+    flops = Flops() if memory else nullcontext()
+    with FakeTensorMode() if fake and memory else nullcontext(), LiveBytes() if memory else nullcontext() as mem:
         model = build_model(cfg.model, info)
         if t.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
             for p in model.parameters():  # what fit's model.to(memory_format=...) does (which fake tensors refuse)
@@ -149,18 +150,29 @@ def one_step_accounting(cfg, info, batch: int, unlabeled: int, n_train: int, ste
             opt.step()
             del out, b, x
             counting[0] = False
-        state = mem.live  # parameters, buffers, gradients, optimiser state (the batch is gone)
+        state = mem.live if memory else 0  # parameters, buffers, gradients, optimiser state (the batch is gone)
     counts["units"] = counts["fwd"] + 2 * counts["jvp"] + 2 * counts["bwd"]
-    counts["peak_bytes"] = mem.peak
-    counts["state_bytes"] = state
-    counts["flops"] = flops.total
+    if memory:
+        counts.update(peak_bytes=mem.peak, state_bytes=state, flops=flops.total)
     return counts
 
 
-def accounting_or_empty(cfg, *args, **kwargs) -> dict[str, int]:
-    """``one_step_accounting``, or ``{}`` with a note on stderr where it cannot run: forward-mode AD (VAT's exact
-    direction, the VAT family's default) fails under a Python dispatch mode in torch 2.14 (an internal assert in
-    ``make_dual``/``_fw_primal``), with fake and real tensors alike."""
+def accounting_or_empty(cfg, *args, passes_only_fallback: bool = True, **kwargs) -> dict[str, int]:
+    """``one_step_accounting``, or what of it can run. Forward-mode AD (VAT's exact direction, the VAT family's
+    default: ``method.params.direction == "exact"``) fails under a Python dispatch mode in torch 2.14 (an internal
+    assert in ``make_dual``/``_fw_primal``, with fake and real tensors alike, and it leaves autograd broken for the rest
+    of the process): for those methods only the passes are counted (``memory=False``: hooks on a real step), without
+    memory and FLOPs; ``passes_only_fallback=False`` gives ``{}`` instead (a real step is slow at the paper's
+    shapes). Any other failure: ``{}``, with a note on stderr."""
+    from robust_core.registry import METHODS
+
+    params = METHODS.get(cfg.method.name).Params.model_validate(cfg.method.params)  # with the method's defaults
+    if getattr(params, "direction", None) == "exact":
+        print(f"# {cfg.method.name}: forward-mode AD, {'passes only, ' if passes_only_fallback else ''}no memory/FLOP "
+              "accounting", file=sys.stderr)
+        if not passes_only_fallback:
+            return {}
+        return one_step_accounting(cfg, *args, **{**kwargs, "fake": False, "memory": False})
     try:
         return one_step_accounting(cfg, *args, **kwargs)
     except RuntimeError as e:

@@ -276,7 +276,7 @@ def main(argv=None) -> int:
             r["ms_per_step"] = statistics.median(times[lab]) if times[lab] else None
             r["x_mle"] = r["ms_per_step"] / mle["ms"] if mle["ms"] else None
             r["floor"] = c["units"] / mle["units"] if c else None
-            r["flops_x_mle"] = c["flops"] / mle["flops"] if c else None
+            r["flops_x_mle"] = c["flops"] / mle["flops"] if "flops" in c else None
             r["gap"] = r["x_mle"] / r["floor"] if r["x_mle"] and r["floor"] else None
             peak = peaks[lab] if peaks[lab] >= 0 else c.get("peak_bytes")
             r["peak_mib"] = peak / 2**20 if peak is not None else None

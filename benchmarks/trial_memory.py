@@ -47,7 +47,8 @@ def main(argv=None) -> int:
         for lab, row in s.rows.items():
             t0 = time.perf_counter()
             cfg = run_config(s, row, 1, 1, "cpu")
-            c = accounting_or_empty(cfg, info, s.batch, s.unlabeled if row["ssl"] else 0, n_train=n_train(s))
+            c = accounting_or_empty(cfg, info, s.batch, s.unlabeled if row["ssl"] else 0, n_train=n_train(s),
+                                    passes_only_fallback=False)
             if not c:
                 print(f"| {s.label} ({s.dataset} B={s.batch}) | {lab} | — | — | — | — | — |", flush=True)
                 continue

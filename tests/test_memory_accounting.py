@@ -47,3 +47,16 @@ def test_step_cost_reads_shapes_and_training_set_sizes_from_the_profiles():
     s = shapes["laptop-mlp"]
     assert (s.dataset, s.batch, s.unlabeled) == ("mnist5k", 64, 128) and "mle" in s.rows and "vat ssl" in s.rows
     assert n_train(s) == 4000  # mnist5k's training set: per-example method parameters at their real size
+
+
+def test_vat_exact_direction_gets_its_passes_where_the_memory_accounting_cannot_run(mnist5k_info):
+    """Forward-mode AD (VAT's exact direction) fails under a dispatch mode in torch 2.14: step_cost falls back to
+    counting passes with hooks only — the direction: one JVP forward (which also gives the clean logits) and one
+    backward; the training: forwards at x and x + r_adv, and the backward through both — so the VAT family keeps
+    its floor column."""
+    from _memory import accounting_or_empty
+
+    cfg = load_run_config(overrides=["model.params.hidden=[32]", "method.name=vat"])
+    c = accounting_or_empty(cfg, mnist5k_info, batch=8, unlabeled=0, n_train=100)
+    assert (c["fwd"], c["jvp"], c["bwd"]) == (8 + 8, 8, 8 + 16) and "peak_bytes" not in c
+    assert c["units"] == 16 + 2 * 8 + 2 * 24
