@@ -183,3 +183,14 @@ def test_paper_dry_run_prints_cost_and_starts_nothing(tmp_path, capsys, monkeypa
     assert total > 100  # 63 sweeps of the papers' schedules: hundreds of GPU-hours, not zero
     assert "nothing was started" in out
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("profile", ["paper", "laptop"])
+def test_standard_training_is_never_selected_on_robust_accuracy(profile):
+    """Every standard-training model (the baselines and table III's Standard transfer source) is selected on clean
+    validation accuracy: its robust accuracy is about 0 for every configuration, so a robust pick would be arbitrary
+    (pipelines/catalog.yaml's `selection: clean`)."""
+    plan = make_plan(load_pipeline_spec(PIPELINES / f"{profile}.yaml"))
+    plain = {"mle", "standard", "shaham_base", "transfer_standard"}
+    picked = {s.name: s.metric for s in plan.sources.values() if s.method_key in plain}
+    assert picked and set(picked.values()) == {"val_acc"}, picked
