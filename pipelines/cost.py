@@ -27,13 +27,25 @@ STEP_COST = {"mle": 1.0, "at_fgsm": 2.5, "at_l2": 2.2, "ro": 1.6, "pgd_at": 4.7,
 PROBE_PASSES = 22  # the masking probe run with every evaluation: PGD-20 at a large ε, noise, one gradient
 
 
-def attack_passes(u: EvalUnit) -> int:
+def attack_passes(u: EvalUnit, transformed: bool = True) -> int:
     """Forward+backward passes over the evaluated examples one evaluation needs: every step of its suite (the
-    attack's own ``passes``, one scoring pass each) and the masking probe."""
-    from robust_core.attacks.suites import SUITES
+    attack's own ``passes``, one scoring pass each) and the masking probe. ``transformed``: the evaluated method has
+    an inference-time transformation; without one, a step made on the bare classifier (``@classifier``) is the plain
+    step's computation, reused by ``run_suite``, and costs nothing."""
+    from robust_core.attacks.suites import CLASSIFIER, SUITES
 
     steps = SUITES.get(u.suite).steps(u.settings, tuple(n for n, _, _ in u.sources))
-    return PROBE_PASSES + sum(1 + (s.attack.passes if s.attack is not None else 0) for s in steps)
+    return PROBE_PASSES + sum(1 + (s.attack.passes if s.attack is not None else 0) for s in steps
+                              if transformed or s.key.source != CLASSIFIER)
+
+
+def has_inference_transform(method: str) -> bool:
+    """Whether the registered method evaluates a model other than its classifier (``Method.inference_model``
+    overridden, e.g. ATLD's IMT); an upper bound: a params setting that turns it off (``imt: none``) is not seen."""
+    from robust_core.methods import Method
+    from robust_core.registry import METHODS
+
+    return METHODS.get(method).inference_model is not Method.inference_model
 
 
 def robust_val_steps(base: dict) -> int:
@@ -120,6 +132,8 @@ def estimate(plan: Plan) -> Estimate:
             continue
         n_test = u.settings.n_examples or DATASETS.get(prof.name).test_size
         bs = plan.sweep_raw[u.target.source]["base"]["train"].get("batch_size", 64)
-        hours["evaluations"] += attack_passes(u) * math.ceil(n_test / bs) * prof.cost_step_s / 3600
+        method = plan.sweep_raw[u.target.source]["base"]["method"]["name"]
+        passes = attack_passes(u, has_inference_transform(method))
+        hours["evaluations"] += passes * math.ceil(n_test / bs) * prof.cost_step_s / 3600
     est.hours, est.counts = dict(hours), dict(counts)
     return est

@@ -194,3 +194,23 @@ def test_standard_training_is_never_selected_on_robust_accuracy(profile):
     plain = {"mle", "standard", "shaham_base", "transfer_standard"}
     picked = {s.name: s.metric for s in plan.sources.values() if s.method_key in plain}
     assert picked and set(picked.values()) == {"val_acc"}, picked
+
+
+def test_cost_counts_steps_on_the_bare_classifier_only_for_methods_that_transform_at_inference():
+    """The white-box suite also attacks the bare classifier (``@classifier``, the paper's protocol); for a model
+    without an inference-time transformation that is the plain step's computation, reused by ``run_suite``: the
+    estimate does not count it twice."""
+    from pipelines.cost import attack_passes, has_inference_transform
+
+    plan = make_plan(load_pipeline_spec(PIPELINES / "laptop.yaml"))
+    wb = [u for u in plan.evals.values() if u.suite == "whitebox"]
+    assert wb
+    assert has_inference_transform("atld") and not has_inference_transform("pgd_at")
+    u = wb[0]
+    with_cls, without = attack_passes(u, True), attack_passes(u, False)
+    assert without < with_cls  # the @classifier steps are real work only with a transformation
+    from robust_core.attacks.suites import CLASSIFIER, SUITES
+
+    steps = SUITES.get(u.suite).steps(u.settings, ())
+    extra = sum(1 + s.attack.passes for s in steps if s.key.source == CLASSIFIER)
+    assert with_cls - without == extra
