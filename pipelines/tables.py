@@ -304,14 +304,27 @@ def tex_escape(s: str) -> str:
     return "".join(_TEX_CHARS.get(ch, ch) for ch in s)
 
 
+TEX_MAX_COLUMNS = 6  # value columns per tabular: wider tables are split into blocks stacked on the page
+
+
 def render_latex(t: Table) -> str:
+    """One ``table`` float; a table with more than ``TEX_MAX_COLUMNS`` value columns (ATLD's white-box table has 30)
+    is split into blocks of at most that many columns, each a tabular with the row labels, stacked under the one
+    caption, so that it fits a page instead of running off it."""
     texts, notes = _cell_texts(t, _TEX)
     out = [PREAMBLE, r"\begin{table}[t]", r"\centering", f"\\caption{{{tex_escape(t.title)}}}",
-           f"\\label{{tab:{t.name}}}", r"\begin{tabular}{l" + "c" * len(t.columns) + "}", r"\toprule",
-           "Method & " + " & ".join(tex_escape(c) for c in t.columns) + r" \\", r"\midrule"]
-    for r, cells in zip(t.rows, texts):
-        out.append(tex_escape(r.label) + " & " + " & ".join(cells) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}", f"\\par{{\\footnotesize {tex_escape(_legend(t))}}}"]
+           f"\\label{{tab:{t.name}}}"]
+    n = len(t.columns)
+    blocks = [range(i, min(i + TEX_MAX_COLUMNS, n)) for i in range(0, n, TEX_MAX_COLUMNS)] or [range(0)]
+    for b, cols in enumerate(blocks):
+        if b:
+            out.append(r"\par\medskip")
+        out += [r"\begin{tabular}{l" + "c" * len(cols) + "}", r"\toprule",
+                "Method & " + " & ".join(tex_escape(t.columns[j]) for j in cols) + r" \\", r"\midrule"]
+        for r, cells in zip(t.rows, texts):
+            out.append(tex_escape(r.label) + " & " + " & ".join(cells[j] for j in cols) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}"]
+    out.append(f"\\par{{\\footnotesize {tex_escape(_legend(t))}}}")
     summary = summarize(t).line(t.decimals)
     if summary:
         out += [f"\\par{{\\footnotesize {tex_escape(LEGEND)}}}", f"\\par{{\\footnotesize {tex_escape(summary)}}}"]

@@ -142,7 +142,7 @@ def test_summary_counts_and_mean_gap(table):
 BASE = {"begin", "end", "centering", "caption", "label", "par", "footnotesize", "textbf", "pm", "times", "Delta",
         "varepsilon", "epsilon", "alpha", "beta", "gamma", "lambda", "zeta", "xi", "infty", "div", "cdot", "leq",
         "geq", "approx", "to", "leftarrow", "cup", "surd", "dots", "textbar", "textless", "textgreater",
-        "textasciitilde", "textasciicircum", "textbackslash"}
+        "textasciitilde", "textasciicircum", "textbackslash", "medskip"}
 PACKAGES = {"booktabs": {"toprule", "midrule", "bottomrule"}, "amssymb": {"checkmark"}}
 
 
@@ -157,6 +157,26 @@ def test_latex_uses_only_the_packages_its_preamble_note_names(table):
     assert used & PACKAGES["booktabs"] and used & PACKAGES["amssymb"]
     assert body.isascii()  # pdflatex's utf8 input has no ε, ±, ✓, −: every one is written as a command
     assert "\\label{tab:ssl_mnist5k_100}" in body  # a label is a name, not text: never escaped (\_ breaks it)
+
+
+def test_a_wide_table_is_split_into_blocks_that_fit_a_page():
+    """30 columns (ATLD's white-box table) in one tabular run off any page: the LaTeX splits the columns into blocks
+    of at most TEX_MAX_COLUMNS, each with the row labels, under one caption; every cell appears once, in order."""
+    from pipelines.tables import TEX_MAX_COLUMNS
+
+    n = 2 * TEX_MAX_COLUMNS + 2
+    cols = tuple(f"c{j}" for j in range(n))
+    rows = tuple(Row(name, tuple(Cell((float(10 * i + j),), (f"r{i}{j}",)) for j in range(n)), "s/t")
+                 for i, name in enumerate(("A", "B")))
+    tex = render_latex(Table("wide", "Wide", cols, rows))
+    assert tex.count("\\begin{tabular}") == 3 and tex.count("\\caption{") == 1
+    specs = re.findall(r"\\begin\{tabular\}\{l(c+)\}", tex)
+    assert [len(x) for x in specs] == [TEX_MAX_COLUMNS, TEX_MAX_COLUMNS, 2]
+    headers = [h for line in tex.splitlines() if line.startswith("Method & ")
+               for h in line[len("Method & "):-3].split(" & ")]
+    assert headers == list(cols)
+    a_cells = [c for line in tex.splitlines() if line.startswith("A & ") for c in line[4:-3].split(" & ")]
+    assert a_cells == [f"{j:.2f} (n=1)" for j in range(n)]  # row A is below B everywhere: never bold
 
 
 def test_every_catalogue_text_becomes_ascii_latex():
