@@ -2,7 +2,7 @@
 
     robust-sweep final pipelines/laptop.yaml                     # writes robust-sweep-laptop/mlflow.db
     python benchmarks/laptop_breakdown.py --tracking-uri sqlite:///robust-sweep-laptop/mlflow.db \\
-        --experiment robust-sweep-laptop [--json out.json]
+        --experiment robust-sweep-laptop [--run <pipeline run id>] [--json out.json]
 
 Reads only what the pipeline logged to MLflow (no re-run): the pipeline run's phase times (``timing.sweeps_s``,
 ``timing.retrains_s``, ``timing.evals_s``, ``timing.outputs_s``, ``timing.cpus``), every trial's and retrain's
@@ -58,14 +58,17 @@ def slot_split(window: tuple[float, float], spans: list[tuple[float, float]], sl
             "after": max(0.0, s1 - last_end) * slots}
 
 
-def breakdown(uri: str, experiment: str) -> dict[str, Any]:
+def breakdown(uri: str, experiment: str, run_id: str | None = None) -> dict[str, Any]:
+    """``run_id``: the pipeline run to break down (default: the latest one with ``timing.*`` metrics)."""
     from robust_core.tracking import find_runs
 
     pipes = [r for r in find_runs(uri, experiment, "tags.`robust_sweep.kind` = 'pipeline'")
-             if "timing.sweeps_s" in r.data.metrics]
+             if "timing.sweeps_s" in r.data.metrics and run_id in (None, r.info.run_id)]
     if not pipes:
-        raise SystemExit(f"error: no pipeline run with timing.* metrics in {uri} (experiment {experiment}); run "
-                         "`robust-sweep final <profile>` with this version first")
+        print(f"error: no pipeline run {run_id or ''} with timing.* metrics in {uri} (experiment {experiment}); run "
+              "`robust-sweep final <profile>` with this version first, or give --run <the id of a `final-<name>` "
+              "run>", file=sys.stderr)
+        raise SystemExit(2)
     pipe = max(pipes, key=lambda r: r.info.start_time)
     pm = pipe.data.metrics
     cpus = pm.get("timing.cpus", 2.0)
@@ -155,9 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tracking-uri", default="sqlite:///robust-sweep-laptop/mlflow.db")
     ap.add_argument("--experiment", default="robust-sweep-laptop")
+    ap.add_argument("--run", help="the pipeline run (`final-<name>`) to break down; default: the latest with timings "
+                                  "(a later `--only` rerun that reused everything is one too)")
     ap.add_argument("--json", help="also write the numbers here")
     a = ap.parse_args(argv)
-    b = breakdown(a.tracking_uri, a.experiment)
+    b = breakdown(a.tracking_uri, a.experiment, a.run)
     print(render(b))
     if a.json:
         Path(a.json).write_text(json.dumps(b, indent=1))
