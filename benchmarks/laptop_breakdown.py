@@ -74,9 +74,11 @@ def breakdown(uri: str, experiment: str, run_id: str | None = None) -> dict[str,
     cpus = pm.get("timing.cpus", 2.0)
     out: dict[str, Any] = {"pipeline_run": pipe.info.run_id, "cpus": cpus, "phases": {}}
 
+    start, end = pm["timing.start_at"] - 1, (pipe.info.end_time or 2**62) / 1000 + 1  # this pipeline run's tasks only
+
     def tasks(kind: str) -> list:
         return [r for r in find_runs(uri, experiment, f"tags.`robust_sweep.kind` = '{kind}'")
-                if "timing.wall_s" in r.data.metrics and r.data.metrics.get("timing.entry_at", 0) >= pm["timing.start_at"] - 1]
+                if "timing.wall_s" in r.data.metrics and start <= r.data.metrics.get("timing.entry_at", 0) <= end]
 
     def phase(name: str, kind: str, wall: float, windows: list[tuple[float, float, list]]) -> None:
         runs = [r for _, _, rs in windows for r in rs]
@@ -100,7 +102,7 @@ def breakdown(uri: str, experiment: str, run_id: str | None = None) -> dict[str,
 
     trials = tasks("trial")
     sweeps = [r for r in find_runs(uri, experiment, "tags.`robust_sweep.kind` = 'sweep'")
-              if r.info.end_time and r.info.start_time / 1000 >= pm["timing.start_at"] - 1]
+              if r.info.end_time and start <= r.info.start_time / 1000 <= end]
     by_sweep: dict[str, list] = {}
     for t in trials:
         by_sweep.setdefault(t.data.tags.get("mlflow.parentRunId", ""), []).append(t)
